@@ -1,0 +1,1 @@
+"""Batch inference on Ray: data, prompt rendering, engines, cache, tasks and metrics."""

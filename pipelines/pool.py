@@ -1,0 +1,298 @@
+"""``EnginePool``: N vLLM engines in Ray actors, created once per run and shared by handle."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.models import DEFAULT_MODEL, resolve_model
+from promptsearch.pipelines.sampling import Sampling
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+Request = str | Messages
+"""A plain prompt, or chat messages rendered with the model's chat template."""
+Progress = Callable[[int, int], None]
+"""Called with (rows finished, output tokens) after each chunk."""
+
+
+class EngineStartError(UserError):
+    """An engine could not start (bad model, out of memory): the run stops early and says why."""
+
+
+@dataclass
+class _Item:
+    index: int
+    ids: list[int]
+    sampling: Sampling
+
+    @property
+    def cost(self) -> int:
+        return len(self.ids) + self.sampling.max_tokens
+
+
+class EnginePool:
+    """N engines, one per GPU (or tensor-parallel group) or per block of CPU cores.
+
+    Created once by the driver; pass the object itself to trials and tasks (it pickles to its
+    actor handles). Requests are chunked by token budget and pulled by engines as they free up,
+    so work spreads by actual load rather than by position. Results come back in input order.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        engines: int = 1,
+        device: str = "auto",
+        cpus_per_engine: int = 1,
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 4096,
+        dtype: str = "auto",
+        kv_cache_gib: int = 2,
+        gpu_memory_utilization: float = 0.85,
+        start_timeout: float = 900.0,
+        chunk_tokens: int = 8192,
+        chunks_in_flight: int = 4,
+    ) -> None:
+        import ray
+
+        if engines < 1:
+            raise UserError(f"--engines must be >= 1, got {engines}")
+        if not ray.is_initialized():
+            raise RuntimeError("EnginePool needs Ray: call ray.init() in the entry point first")
+        if device == "auto":
+            device = "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+        self.model_name = model
+        self.config = EngineConfig(
+            model=resolve_model(model), device=device, max_model_len=max_model_len,
+            dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+            cpus_per_engine=cpus_per_engine, kv_cache_gib=kv_cache_gib,
+            gpu_memory_utilization=gpu_memory_utilization)
+        self.chunk_tokens = chunk_tokens
+        self.chunks_in_flight = chunks_in_flight
+        self._tokenizer: Any = None
+        self._placement_groups: list[Any] = []
+        self._actors: list[Any] = []
+        self._check_resources(engines)
+        try:
+            for i in range(engines):
+                self._actors.append(self._create_actor(i))
+            ready = [a.info.remote() for a in self._actors]
+            self._infos = ray.get(ready, timeout=start_timeout)
+        except Exception as exc:
+            self.shutdown()
+            raise EngineStartError(_start_error_message(self.config.model, exc)) from None
+
+    # -- construction ---------------------------------------------------------------------
+    def _check_resources(self, engines: int) -> None:
+        import ray
+
+        total = ray.cluster_resources()
+        cfg = self.config
+        if cfg.device == "cpu":
+            need, have, what = engines * cfg.cpus_per_engine, total.get("CPU", 0), "CPU cores"
+        else:
+            need, have, what = engines * cfg.tensor_parallel_size, total.get("GPU", 0), "GPUs"
+        if need > have:
+            raise EngineStartError(f"--engines {engines} needs {need:g} {what} but the Ray "
+                                   f"cluster has {have:g}; lower --engines or add nodes")
+
+    def _create_actor(self, index: int) -> Any:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        cfg = self.config
+        options: dict[str, Any] = {"max_restarts": 2, "max_task_retries": 2,
+                                   "max_concurrency": 1000}
+        if cfg.device == "cpu":
+            options["num_cpus"] = cfg.cpus_per_engine
+        elif cfg.tensor_parallel_size == 1:
+            options["num_gpus"] = 1
+        else:
+            pg = placement_group([{"GPU": 1, "CPU": 1}] * cfg.tensor_parallel_size,
+                                 strategy="STRICT_PACK", name=f"promptsearch-engine-{index}")
+            self._placement_groups.append(pg)
+            options["num_cpus"] = 0
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_capture_child_tasks=True)
+        actor_cls = ray.remote(EngineActor)
+        return actor_cls.options(**options).remote(cfg)
+
+    # -- state across processes -----------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tokenizer"] = None  # reloaded lazily where needed; too big to ship per trial
+        return state
+
+    @property
+    def engines(self) -> int:
+        return len(self._actors)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        return self._tokenizer
+
+    @property
+    def has_chat_template(self) -> bool:
+        return getattr(self.tokenizer, "chat_template", None) is not None
+
+    def load_counts(self) -> list[int]:
+        """How many times each engine has loaded its model in this run (1 when healthy)."""
+        import ray
+
+        return [info["loads"] for info in ray.get([a.info.remote() for a in self._actors])]
+
+    def engine_info(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([a.info.remote() for a in self._actors])
+
+    # -- generation -----------------------------------------------------------------------
+    def tokenize(self, request: Request) -> list[int]:
+        """Token ids the engine will see: the chat template applied for messages, BOS as the
+        tokenizer adds it for plain prompts."""
+        tok = self.tokenizer
+        if isinstance(request, str):
+            return tok(request).input_ids
+        if not self.has_chat_template:
+            raise ValueError(f"model {self.model_name} has no chat template; send plain prompts")
+        text = tok.apply_chat_template(request, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False).input_ids
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        sampling: Sampling | Sequence[Sampling] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[Generation]:
+        """Generate for every request; ``sampling`` applies to all, or a list gives one each."""
+        coro = self.generate_async(requests, sampling, progress=progress)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:  # called from inside a loop
+            return ex.submit(asyncio.run, coro).result()
+
+    async def generate_async(
+        self,
+        requests: Sequence[Request],
+        sampling: Sampling | Sequence[Sampling] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[Generation]:
+        samplings = _per_request(sampling, len(requests))
+        results: list[Generation | None] = [None] * len(requests)
+        items: list[_Item] = []
+        for i, (request, s) in enumerate(zip(requests, samplings, strict=True)):
+            try:
+                ids = self.tokenize(request)
+            except Exception as exc:
+                results[i] = _failed(0, f"cannot render request: {exc}")
+                continue
+            if len(ids) >= self.config.max_model_len:
+                results[i] = _failed(len(ids), (
+                    f"prompt has {len(ids)} tokens, the context is "
+                    f"{self.config.max_model_len}; shorten it or raise max_model_len"))
+                continue
+            items.append(_Item(i, ids, s))
+        queue: asyncio.Queue[list[_Item]] = asyncio.Queue()
+        for chunk in _chunks(items, self.chunk_tokens):
+            queue.put_nowait(chunk)
+        done = [0, 0]
+
+        async def worker(actor: Any) -> None:
+            while not queue.empty():
+                chunk = queue.get_nowait()
+                try:
+                    gens = await actor.generate.remote([(it.ids, it.sampling) for it in chunk])
+                except Exception as exc:  # the engine died for good: fail these rows only
+                    gens = [_failed(len(it.ids), f"engine failed: {exc}") for it in chunk]
+                for it, gen in zip(chunk, gens, strict=True):
+                    results[it.index] = gen
+                done[0] += len(chunk)
+                done[1] += sum(g.output_tokens for g in gens)
+                if progress is not None:
+                    progress(done[0], done[1])
+
+        await asyncio.gather(*(worker(a) for a in self._actors
+                               for _ in range(self.chunks_in_flight)))
+        return [r for r in results if r is not None]
+
+    # -- teardown -------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop every engine and free its placement group; safe to call twice."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                ray.get(actor.shutdown.remote(), timeout=30)
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+        for pg in self._placement_groups:
+            remove_placement_group(pg)
+        self._placement_groups = []
+
+    def __enter__(self) -> EnginePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _per_request(sampling: Sampling | Sequence[Sampling] | None, n: int) -> list[Sampling]:
+    if sampling is None:
+        return [Sampling()] * n
+    if isinstance(sampling, Sampling):
+        return [sampling] * n
+    if len(sampling) != n:
+        raise ValueError(f"got {len(sampling)} sampling settings for {n} requests")
+    return list(sampling)
+
+
+def _chunks(items: list[_Item], budget: int) -> list[list[_Item]]:
+    """Consecutive items grouped up to ``budget`` tokens (prompt + max output) each."""
+    chunks: list[list[_Item]] = []
+    current: list[_Item] = []
+    used = 0
+    for item in items:
+        if current and used + item.cost > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += item.cost
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _failed(prompt_tokens: int, error: str) -> Generation:
+    return Generation("", prompt_tokens, 0, "error", 0.0, error=error)
+
+
+def _start_error_message(model: str, exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    last = next((line for line in reversed(text) if line.strip()), type(cause).__name__)
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "GetTimeoutError":
+        last = "timed out waiting for the engine to start"
+    return f"engine for model {model} failed to start: {last[:300]}"
+
+
+__all__ = ["EnginePool", "EngineStartError", "Generation", "Request"]

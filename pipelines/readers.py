@@ -1,0 +1,147 @@
+"""Read a table of records from JSON Lines, Parquet or CSV, chosen by the file's suffix.
+
+Every bad-input problem becomes a ``UserError`` naming the file (and line) and what to do.
+``.json`` is deliberately not accepted here: plain JSON files are SQuAD/JSQuAD datasets
+and are read by ``datasets.load_jsquad``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["SUFFIXES", "read_records"]
+
+SUFFIXES = (".jsonl", ".parquet", ".csv")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """All records of the file as plain Python dicts, in file order."""
+    return [row for _, row in read_located_records(path)]
+
+
+def read_located_records(path: str | Path) -> list[tuple[str, dict]]:
+    """Like ``read_records`` but each row comes with where it is, e.g. ``"line 17"``.
+
+    JSONL rows are located by 1-based line number (blank lines are skipped, so row and line
+    numbers can differ); Parquet and CSV rows by 1-based data row number (header excluded).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(
+            f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(SUFFIXES)} (SQuAD/JSQuAD .json files are loaded as JSQuAD)"
+        )
+    check_file(path)
+    if suffix == ".jsonl":
+        located = _read_jsonl(path)
+    elif suffix == ".parquet":
+        located = _read_parquet(path)
+    else:
+        located = _read_csv(path)
+    if not located:
+        raise UserError(f"{path}: the file has no records; add at least one row")
+    return located
+
+
+def check_file(path: Path) -> None:
+    """Raise a ``UserError`` unless ``path`` is an existing regular file."""
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file; pass the path of a data file")
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark is ignored."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); re-save the file as UTF-8"
+        ) from None
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    located = []
+    # Split on "\n" only: str.splitlines() would also break inside JSON strings at U+2028 etc.
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "fix or remove that line"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path} line {number}: expected a JSON object {{...}} but found "
+                f"{_json_kind(row)}; each line must hold one record object"
+            )
+        located.append((f"line {number}", row))
+    return located
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _read_parquet(path: Path) -> list[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(
+            f"{path}: not a readable Parquet file ({_one_line(exc)}); re-export it as Parquet"
+        ) from None
+    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+
+
+def _read_csv(path: Path) -> list[tuple[str, dict]]:
+    """Cells are read as text (no type guessing: ``007`` stays ``"007"``); empty cells are None."""
+    import io
+
+    import pandas as pd
+
+    text = read_utf8(path)
+    if not text.strip():
+        return []
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise UserError(f"{path}: not a well-formed CSV file ({_one_line(exc)}); fix it") from None
+    rows = []
+    for i, record in enumerate(frame.to_dict(orient="records"), start=1):
+        row = {str(key): _none_if_nan(value) for key, value in record.items()}
+        rows.append((f"row {i}", row))
+    return rows
+
+
+def _none_if_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

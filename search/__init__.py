@@ -1,0 +1,1 @@
+"""Prompt search with Ray Tune and Optuna, reporting, and the command line."""
