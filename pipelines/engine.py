@@ -99,6 +99,7 @@ class EngineActor:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.loads = 0
+        self.requests = 0
         self._core_lock: IO[str] | None = None
         self.cores: list[int] = []
         if config.device == "cpu":
@@ -131,10 +132,12 @@ class EngineActor:
         return AsyncLLM.from_engine_args(args)
 
     def info(self) -> dict[str, Any]:
-        return {"loads": self.loads, "pid": os.getpid(), "cores": self.cores}
+        return {"loads": self.loads, "pid": os.getpid(), "cores": self.cores,
+                "requests": self.requests}
 
     async def generate(self, batch: list[tuple[list[int], Sampling]]) -> list[Generation]:
         """Generate every (token ids, sampling) pair concurrently; errors stay per row."""
+        self.requests += len(batch)
         return list(await asyncio.gather(*(self._one(ids, s) for ids, s in batch)))
 
     async def _one(self, ids: list[int], sampling: Sampling) -> Generation:

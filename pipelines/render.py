@@ -1,0 +1,59 @@
+"""Prompt rendering: Jinja in a sandbox, so dataset text is data and never code.
+
+Field values are passed as variables; Jinja never re-renders a variable's content, so a
+dataset field holding ``{{ ... }}`` or ``{% ... %}`` appears verbatim in the prompt. The
+sandbox stops templates (user-supplied ones included) from reaching Python internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from promptsearch.pipelines.errors import UserError
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                         keep_trailing_newline=True)
+
+
+@lru_cache(maxsize=256)
+def compile_template(source: str, *, name: str = "template") -> Any:
+    """Parse a template once; a syntax error names the template and the line."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return _environment().from_string(source)
+    except TemplateSyntaxError as exc:
+        raise UserError(f"{name}: Jinja syntax error on line {exc.lineno}: {exc.message}; "
+                        "fix the template") from None
+
+
+def render_template(source: str, fields: Mapping[str, Any], *, name: str = "template") -> str:
+    """Render ``source`` with ``fields``; unknown fields and unsafe access are user errors."""
+    from jinja2 import UndefinedError
+    from jinja2.exceptions import SecurityError
+
+    template = compile_template(source, name=name)
+    try:
+        return template.render(**fields)
+    except UndefinedError as exc:
+        known = ", ".join(sorted(fields)) or "(none)"
+        raise UserError(f"{name}: {exc.message}; the fields available are: {known}") from None
+    except SecurityError as exc:
+        raise UserError(f"{name}: unsafe template ({exc}); templates may only use the fields "
+                        "and plain Jinja expressions") from None
+
+
+def template_fields(source: str, *, name: str = "template") -> set[str]:
+    """The top-level variables a template reads, to check them against a dataset up front."""
+    from jinja2 import meta
+
+    compile_template(source, name=name)
+    return meta.find_undeclared_variables(_environment().parse(source))

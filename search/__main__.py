@@ -1,0 +1,3 @@
+from promptsearch.search.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""Entry-point plumbing shared by the commands: Ray start-up, the engine pool, options."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from promptsearch.pipelines.models import DEFAULT_MODEL
+
+log = logging.getLogger("promptsearch")
+
+
+def init_ray(*, verbose: bool = False) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (set by ``ray job submit``), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING)
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that generates takes, with the same names everywhere."""
+    options = [
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="Embedded model name, local Hugging Face model directory, or hub id."),
+        click.option("--engines", default=1, show_default=True, type=click.IntRange(1),
+                     help="Engine actors (one per GPU or tensor-parallel group, or per "
+                          "--cpus-per-engine cores)."),
+        click.option("--cpus-per-engine", default=1, show_default=True, type=click.IntRange(1),
+                     help="CPU cores per engine on CPU machines."),
+        click.option("--tensor-parallel-size", default=1, show_default=True,
+                     type=click.IntRange(1), help="GPUs per engine."),
+        click.option("--max-model-len", default=4096, show_default=True,
+                     type=click.IntRange(16), help="Context length in tokens."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@contextlib.contextmanager
+def engine_pool(model: str, engines: int, cpus_per_engine: int, tensor_parallel_size: int,
+                max_model_len: int, *, verbose: bool = False) -> Iterator[Any]:
+    """Start Ray and the pool; always shut the engines down, Ctrl-C included."""
+    from promptsearch.pipelines.models import resolve_model
+    from promptsearch.pipelines.pool import EnginePool
+
+    resolve_model(model)  # a bad --model fails here, before Ray starts
+    init_ray(verbose=verbose)
+    log.info("starting %d engine(s) for %s", engines, model)
+    pool = EnginePool(model, engines=engines, cpus_per_engine=cpus_per_engine,
+                      tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()

@@ -1,0 +1,108 @@
+"""`promptsearch generate` end to end through the CLI, and its answers to bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, engine_core_pids, run_cli
+
+QA = REPO / "pipelines/tasks/data/qa/validation.jsonl"
+
+
+def test_generate_with_template_writes_parquet_and_jsonl(tmp_path: Path) -> None:
+    out = tmp_path / "answers"
+    template = "{{ context }}\n質問: {{ question }}\n回答:"
+    result = run_cli("generate", str(QA), "--template", template, "--max-tokens", "12",
+                     "--stop", "\\n", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    inputs = [json.loads(line) for line in QA.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in inputs]
+    table = pq.read_table(tmp_path / "answers.parquet").to_pylist()
+    assert table == rows
+    for row in rows:
+        assert {"context", "question", "answers", "output", "prompt_tokens", "output_tokens",
+                "finish_reason", "seconds", "error"} <= set(row)
+        assert row["error"] is None and "\n" not in row["output"]
+        assert 0 < row["output_tokens"] <= 12
+    assert "generate: " in result.stderr  # progress
+    summary = result.stdout.strip().splitlines()[-1]
+    total = sum(r["output_tokens"] for r in rows)
+    assert summary.startswith(f"{len(rows)} rows, {total} output tokens")
+    assert "tok/s" in summary
+
+
+def test_generate_chat_messages_from_csv_with_the_instruct_model(tmp_path: Path) -> None:
+    source = tmp_path / "questions.csv"
+    with source.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "prompt"])
+        writer.writerows([["a", "What is the capital of France?"], ["b", "Say hello."]])
+    result = run_cli("generate", str(source), "--chat", "--model", "smollm2-135m-instruct",
+                     "--max-tokens", "16", "--out", str(tmp_path / "chat"))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    # The chat template wraps the prompt, so the prompt is much longer than the bare question.
+    assert all(r["prompt_tokens"] > 15 and r["output"] for r in rows)
+
+
+def test_ctrl_c_stops_the_engines_and_writes_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "many.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"第{i}章。昔々、"}, ensure_ascii=False)
+                              + "\n" for i in range(400)), encoding="utf-8")
+    before = engine_core_pids()
+    proc = subprocess.Popen([sys.executable, "-m", "promptsearch.search", "generate",
+                             str(source), "--max-tokens", "64", "--out", str(tmp_path / "o")],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        if line.startswith("generate: ") or time.monotonic() > deadline:
+            break
+    assert engine_core_pids() - before, "the engine should be running by now"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    time.sleep(3)
+    assert not (engine_core_pids() - before), "an engine process outlived the run"
+    assert not list(tmp_path.glob("o*"))
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, [], "missing.jsonl: file not found"),
+        ("good", ["--engines", "0"], "Invalid value for '--engines'"),
+        ("good", ["--prompt-column", "nope"], "no column 'nope'"),
+        ("good", ["--template", "{{ question }}"], "unknown field 'question'"),
+        ("malformed", [], "line 2"),
+        ("empty", [], "no records"),
+        ("good", ["--model", "no-such-model"], "--model no-such-model: unknown model"),
+        ("good", ["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+    ],
+)
+def test_generate_bad_input_is_one_clear_line(tmp_path: Path, setup: str | None,
+                                              args: list[str], message: str) -> None:
+    path = tmp_path / "missing.jsonl"
+    if setup is not None:
+        path = tmp_path / "in.jsonl"
+        path.write_text({"good": '{"prompt": "こんにちは"}\n',
+                         "malformed": '{"prompt": "a"}\n{"prompt": \n',
+                         "empty": ""}[setup], encoding="utf-8")
+    result = run_cli("generate", str(path), *args, "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("out*"))

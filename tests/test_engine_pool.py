@@ -1,0 +1,120 @@
+"""EnginePool on the real vLLM CPU engine (one two-engine pool for the whole session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptsearch.pipelines.sampling import Sampling
+from tests.conftest import engine_core_pids
+
+PROMPTS = [
+    "日本の首都は",
+    "富士山の高さは",
+    "今日はとても良い天気なので、",
+    "猫と犬の違いについて説明します。まず、",
+    "大阪の名物といえば",
+    "昔々、ある村に",
+    "東京タワーは",
+    "明日の予定は、",
+]
+
+
+def test_outputs_in_input_order_with_per_request_sampling(pool) -> None:
+    samplings = [Sampling(max_tokens=1 + i % 4) for i in range(len(PROMPTS))]
+    gens = pool.generate(PROMPTS, samplings)
+    tok = pool.tokenizer
+    assert len(gens) == len(PROMPTS)
+    for prompt, sampling, gen in zip(PROMPTS, samplings, gens, strict=True):
+        assert gen.ok, gen.error
+        assert gen.prompt_tokens == len(tok(prompt).input_ids)
+        assert gen.output_tokens <= sampling.max_tokens
+        if gen.finish_reason == "length":
+            assert gen.output_tokens == sampling.max_tokens
+        assert gen.seconds > 0
+
+
+def test_greedy_is_identical_across_runs_and_token_counts_match(pool) -> None:
+    first = pool.generate(PROMPTS, Sampling(max_tokens=24))
+    second = pool.generate(PROMPTS, Sampling(max_tokens=24))
+    assert [g.text for g in first] == [g.text for g in second]
+    assert all(g.text for g in first)
+    tok = pool.tokenizer
+    for g in first:
+        retokenized = len(tok(g.text, add_special_tokens=False).input_ids)
+        assert abs(retokenized - g.output_tokens) <= 2  # detokenise/retokenise may merge
+        if g.finish_reason == "length":
+            assert g.output_tokens == 24
+
+
+def test_seeded_sampling_is_reproducible(pool) -> None:
+    sampled = Sampling(temperature=1.0, top_p=0.95, max_tokens=24, seed=1234)
+    a = pool.generate(PROMPTS, sampled)
+    b = pool.generate(PROMPTS, sampled)
+    assert [g.text for g in a] == [g.text for g in b]
+    other = pool.generate(PROMPTS, Sampling(temperature=1.0, top_p=0.95, max_tokens=24, seed=99))
+    assert [g.text for g in a] != [g.text for g in other]
+
+
+def test_stop_sequence_is_honoured(pool) -> None:
+    gens = pool.generate(PROMPTS, Sampling(max_tokens=64, stop=("。", "、")))
+    stopped = [g for g in gens if g.finish_reason == "stop"]
+    assert stopped, [g.text for g in gens]
+    for g in gens:
+        assert "。" not in g.text and "、" not in g.text
+
+
+def test_two_engines_give_the_same_greedy_outputs_as_one(pool) -> None:
+    import ray
+
+    assert pool.engines == 2
+    assert len(engine_core_pids()) >= 2
+    prompts = PROMPTS * 3
+    sampling = Sampling(max_tokens=20)
+    spread = pool.generate(prompts, sampling)
+    one_engine = ray.get(pool._actors[0].generate.remote(
+        [(pool.tokenize(p), sampling) for p in prompts]))
+    assert [g.text for g in spread] == [g.text for g in one_engine]
+
+
+def test_work_is_spread_over_both_engines(pool) -> None:
+    pool_small_chunks = pool.chunk_tokens
+    pool.chunk_tokens = 64  # many chunks, so both engines must pull work
+    try:
+        before = [info["requests"] for info in pool.engine_info()]
+        pool.generate(PROMPTS * 4, Sampling(max_tokens=8))
+        after = [info["requests"] for info in pool.engine_info()]
+    finally:
+        pool.chunk_tokens = pool_small_chunks
+    served = [a - b for a, b in zip(after, before, strict=True)]
+    assert sum(served) == len(PROMPTS) * 4
+    assert min(served) > 0, served
+
+
+def test_one_bad_request_fails_only_its_row(pool) -> None:
+    too_long = "あ" * 5000  # beyond the 2048-token context of the session pool
+    chat_on_base_model = [{"role": "user", "content": "こんにちは"}]
+    gens = pool.generate([PROMPTS[0], too_long, chat_on_base_model, PROMPTS[1]],
+                         Sampling(max_tokens=8))
+    assert gens[0].ok and gens[3].ok
+    assert not gens[1].ok and "context" in gens[1].error
+    assert not gens[2].ok and "chat template" in gens[2].error
+
+
+def test_each_engine_loaded_its_model_exactly_once(pool) -> None:
+    for _ in range(5):
+        pool.generate(PROMPTS[:2], Sampling(max_tokens=4))
+    assert pool.load_counts() == [1] * pool.engines
+
+
+def test_engines_are_bound_to_different_cores(pool) -> None:
+    cores = [tuple(info["cores"]) for info in pool.engine_info()]
+    assert len(set(cores)) == pool.engines, cores
+
+
+def test_sampling_validation_names_the_field() -> None:
+    from promptsearch.pipelines.errors import UserError
+
+    with pytest.raises(UserError, match=r"top_p must be in \(0, 1\], got 1.5"):
+        Sampling(top_p=1.5)
+    with pytest.raises(UserError, match="unknown field 'temp'"):
+        Sampling.from_dict({"temp": 0.5})
