@@ -145,3 +145,18 @@ def _none_if_nan(value: Any) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error names the file, line and column."""
+    import yaml
+
+    path = Path(path)
+    check_file(path)
+    try:
+        return yaml.safe_load(read_utf8(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or _one_line(exc)
+        raise UserError(f"{where}: invalid YAML ({problem}); fix the file") from None

@@ -128,3 +128,113 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
                f"({tokens / max(elapsed, 1e-9):.1f} tok/s), {errors} errors -> {parquet}, {jsonl}")
     if errors == len(gens):
         sys.exit(1)
+
+
+@main.command()
+def tasks() -> None:
+    """List the tasks, their prompt templates and metrics."""
+    from promptsearch.pipelines.tasks import TASK_NAMES, load_task
+
+    for name in TASK_NAMES:
+        task = load_task(name)
+        click.echo(f"{task.name} (v{task.version}): {task.description}")
+        click.echo(f"  fields: {', '.join(task.input_fields)} -> "
+                   f"{', '.join(task.reference_fields)}")
+        click.echo(f"  metrics: {', '.join(task.metrics)} (primary: {task.primary_metric})")
+        for template in task.templates.values():
+            kind = "chat" if template.chat else "text"
+            click.echo(f"  template {template.ref} [{kind}]: {template.description}")
+
+
+def _field_map(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    mapping = {}
+    for pair in pairs:
+        canonical, sep, column = pair.partition("=")
+        if not sep or not canonical or not column:
+            raise UserError(f"--field {pair!r}: use CANONICAL=COLUMN, e.g. --field text=article")
+        mapping[canonical] = column
+    return mapping or None
+
+
+field_option = click.option("--field", "fields", multiple=True, metavar="CANONICAL=COLUMN",
+                            help="Map a task field to a column of the data file (repeatable).")
+
+
+@main.command()
+@click.option("--task", "task_name", required=True, help="qa, summary or instruct.")
+@click.option("--predictions", required=True, type=click.Path(path_type=Path),
+              help="JSONL or Parquet rows with id and output.")
+@click.option("--references", type=click.Path(path_type=Path),
+              help="Dataset file with the references (else they must be in the predictions).")
+@click.option("--per-row", type=click.Path(path_type=Path), help="Write per-row metrics (JSONL).")
+@field_option
+def score(task_name: str, predictions: Path, references: Path | None, per_row: Path | None,
+          fields: tuple[str, ...]) -> None:
+    """Score a file of predictions; prints the metrics as one JSON object."""
+    import json
+
+    from promptsearch.pipelines.evaluate import score_rows
+    from promptsearch.pipelines.predictions import match_predictions, per_row_records
+    from promptsearch.pipelines.tasks import load_task
+    from promptsearch.pipelines.writers import write_jsonl
+
+    task = load_task(task_name)
+    examples, outputs = match_predictions(task, predictions, references,
+                                          field_map=_field_map(fields))
+    rows, metrics = score_rows(task, examples, outputs)
+    if per_row is not None:
+        write_jsonl(per_row, per_row_records(task, examples, rows))
+    click.echo(json.dumps(metrics, ensure_ascii=False))
+
+
+@main.command(name="eval")
+@click.option("--task", "task_name", required=True, help="qa, summary or instruct.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Prompt configuration (best.yaml of a run) [default: the task's baseline].")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="validation",
+              show_default=True)
+@click.option("--data", help="Dataset file or directory of split files [default: bundled].")
+@click.option("--max-examples", type=click.IntRange(1), help="Evaluate only the first N.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split rule.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output directory [default: runs/eval-TASK-TIMESTAMP].")
+@field_option
+@engine_options
+@click.pass_context
+def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: str,
+          data: str | None, max_examples: int | None, seed: int, out: Path | None,
+          fields: tuple[str, ...], **engine: Any) -> None:
+    """Render, generate, parse and score one configuration on a split."""
+    import json
+
+    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.evaluate import evaluate
+    from promptsearch.pipelines.prompts import demo_pool
+    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.tasks import load_task
+    from promptsearch.pipelines.writers import write_json, write_table
+    from promptsearch.search.progress import ProgressLine
+
+    task = load_task(task_name)
+    config = PromptConfig.load(config_path) if config_path else PromptConfig.baseline(task)
+    if config.task != task.name:
+        raise UserError(f"{config_path}: config is for task {config.task!r}, not {task.name!r}")
+    data_splits = load_task_data(task, data, seed=seed, field_map=_field_map(fields),
+                                 max_validation=max_examples, max_test=max_examples)
+    examples = data_splits.split(split)
+    config.check(task, where=str(config_path or "baseline"),
+                 pool_size=len(demo_pool(task, data_splits.fewshot)))
+    out = out or Path("runs") / f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with engine_pool(verbose=ctx.obj["verbose"], **engine) as pool:
+        config.check(task, where=str(config_path or "baseline"),
+                     has_chat_template=pool.has_chat_template)
+        result = evaluate(task, config, examples, pool=pool, fewshot=data_splits.fewshot,
+                          progress=ProgressLine(f"eval {split}", len(examples)))
+    parquet, jsonl = write_table(out / "predictions" / split, result.rows)
+    summary = {"task": task.name, "split": split, "model": engine["model"],
+               "examples": len(examples), "metrics": result.metrics,
+               "output_tokens": result.output_tokens, "seconds": round(result.seconds, 2),
+               "config": config.to_dict()}
+    write_json(out / "metrics.json", summary)
+    click.echo(f"predictions: {parquet}, {jsonl}", err=True)
+    click.echo(json.dumps(result.metrics, ensure_ascii=False))

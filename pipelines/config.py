@@ -1,0 +1,115 @@
+"""``PromptConfig``: one point of the search space; what ``best.yaml`` holds and ``eval`` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
+from promptsearch.pipelines.parsing import check_parse_steps
+from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.tasks import Task, load_task
+
+
+@dataclass(frozen=True)
+class FewShot:
+    k: int = 0
+    """Number of demos."""
+    selector: str = "first"
+    """``first``, ``random`` (one seeded set) or ``similar`` (BM25 over character bigrams)."""
+    order: str = "as_selected"
+    """``as_selected`` or ``reversed`` (for ``similar``: the closest demo last)."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    task: str
+    template: str
+    fewshot: FewShot = field(default_factory=FewShot)
+    sampling: Sampling = field(default_factory=Sampling)
+    parse: tuple[str, ...] = ()
+    chat: bool = False
+    """Send a text template's prompt as one user message through the model's chat template."""
+
+    @classmethod
+    def baseline(cls, task: Task) -> PromptConfig:
+        """What a practitioner tries first: the task's first template, zero-shot, defaults."""
+        return cls(task=task.name, template=next(iter(task.templates)),
+                   sampling=task.sampling, parse=task.parse)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "template": self.template, "fewshot": asdict(self.fewshot),
+                "sampling": self.sampling.to_dict(), "parse": list(self.parse),
+                "chat": self.chat}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> PromptConfig:
+        if not isinstance(data, Mapping):
+            raise UserError(f"{where}: expected a mapping with task, template, fewshot, "
+                            "sampling, parse")
+        _no_unknown(data, {f.name for f in fields(cls)}, where)
+        for key in ("task", "template"):
+            if not isinstance(data.get(key), str):
+                raise UserError(f"{where}: field {key!r} is required (a string)")
+        task = load_task(data["task"])
+        shots = data.get("fewshot") or {}
+        _no_unknown(shots, {f.name for f in fields(FewShot)}, f"{where}: fewshot")
+        try:
+            fewshot = FewShot(**shots)
+        except TypeError as exc:
+            raise UserError(f"{where}: fewshot: {exc}") from None
+        sampling = Sampling.from_dict({**task.sampling.to_dict(), **(data.get("sampling") or {})},
+                                      where=f"{where}: sampling")
+        config = cls(task=task.name, template=data["template"], fewshot=fewshot,
+                     sampling=sampling, parse=tuple(data.get("parse", task.parse)),
+                     chat=bool(data.get("chat", False)))
+        config.check(task, where=where)
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> PromptConfig:
+        from promptsearch.pipelines.readers import read_yaml
+
+        return cls.from_dict(read_yaml(path), where=str(path))
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        from promptsearch.pipelines.writers import write_text
+
+        write_text(path, yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False))
+
+    def check(self, task: Task, *, where: str = "config", pool_size: int | None = None,
+              has_chat_template: bool | None = None) -> None:
+        """Reject what cannot run, before anything runs."""
+        template = task.template(self.template)
+        fs = self.fewshot
+        if not isinstance(fs.k, int) or fs.k < 0:
+            raise UserError(f"{where}: fewshot.k must be an integer >= 0, got {fs.k!r}")
+        if fs.selector not in SELECTORS:
+            raise UserError(f"{where}: unknown fewshot.selector {fs.selector!r}; "
+                            f"known: {', '.join(SELECTORS)}")
+        if fs.order not in ORDERS:
+            raise UserError(f"{where}: unknown fewshot.order {fs.order!r}; known: "
+                            f"{', '.join(ORDERS)}")
+        if pool_size is not None and fs.k > pool_size:
+            raise UserError(f"{where}: fewshot.k={fs.k} but the few-shot pool has only "
+                            f"{pool_size} examples with answers")
+        check_parse_steps(self.parse, where=where)
+        if has_chat_template is False and (template.chat or self.chat):
+            raise UserError(f"{where}: template {self.template!r} / chat needs a model with a "
+                            "chat template; this model has none (use a text template)")
+
+    def replace(self, **changes: Any) -> PromptConfig:
+        return replace(self, **changes)
+
+
+def _no_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}; allowed: "
+                        f"{', '.join(sorted(known))}")

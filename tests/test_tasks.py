@@ -1,0 +1,127 @@
+"""Task definitions, prompt rendering, parsing, few-shot selection and configs (no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptsearch.pipelines.config import FewShot, PromptConfig
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.fewshot import select_demos
+from promptsearch.pipelines.parsing import parse_output
+from promptsearch.pipelines.prompts import render_prompt, render_requests
+from promptsearch.pipelines.render import render_template
+from promptsearch.pipelines.taskdata import load_task_data
+from promptsearch.pipelines.tasks import TASK_NAMES, load_task
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_each_task_has_four_templates_a_chat_one_and_bundled_splits(name: str) -> None:
+    task = load_task(name)
+    assert len(task.templates) >= 4
+    assert any(t.chat for t in task.templates.values())
+    assert any("### 指示:" in t.example for t in task.templates.values())
+    data = load_task_data(task)
+    assert data.fewshot and data.validation and data.test
+    ids = [task.example_id(e) for e in data.fewshot + data.validation + data.test]
+    assert len(ids) == len(set(ids))
+
+
+def test_qa_has_the_fields_well_known_template() -> None:
+    task = load_task("qa")
+    t = task.template("jglue-extract")
+    assert t.instruction == "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。"
+    example = {"id": "1", "context": "東京は日本の首都。", "question": "日本の首都は？",
+               "answers": ["東京"]}
+    config = PromptConfig.baseline(task)
+    assert render_prompt(task, config, example) == (
+        f"{t.instruction}\n\n文章:東京は日本の首都。\n質問:日本の首都は？\n回答:")
+
+
+def test_fewshot_demos_render_with_answers_and_chat_turns() -> None:
+    task = load_task("qa")
+    demo = {"id": "d", "context": "富士山は高い。", "question": "高い山は？", "answers": ["富士山"]}
+    query = {"id": "q", "context": "琵琶湖は広い。", "question": "広い湖は？", "answers": ["琵琶湖"]}
+    text = render_prompt(task, PromptConfig(task="qa", template="plain"), query, [demo])
+    assert text == "富士山は高い。\n質問: 高い山は？\n答え: 富士山\n\n琵琶湖は広い。\n質問: 広い湖は？\n答え:"
+    messages = render_prompt(task, PromptConfig(task="qa", template="chat"), query, [demo])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == "富士山"
+    wrapped = render_prompt(task, PromptConfig(task="qa", template="plain", chat=True), query)
+    assert wrapped == [{"role": "user", "content": "琵琶湖は広い。\n質問: 広い湖は？\n答え:"}]
+
+
+@pytest.mark.parametrize("payload", [
+    "{{ 7 * 7 }}", "{% for x in range(3) %}x{% endfor %}", "{{ ''.__class__.__mro__ }}",
+    "{{ config }}", "{% include '/etc/passwd' %}",
+])
+def test_dataset_text_is_rendered_as_text_never_executed(payload: str) -> None:
+    task = load_task("qa")
+    example = {"id": "1", "context": payload, "question": payload, "answers": ["x"]}
+    text = render_prompt(task, PromptConfig.baseline(task), example)
+    assert text.count(payload) == 2
+    assert "49" not in text or "49" in payload
+
+
+def test_template_reaching_python_internals_is_refused() -> None:
+    with pytest.raises(UserError, match="unsafe template"):
+        render_template("{{ x.__class__.__mro__[1].__subclasses__() }}", {"x": "a"})
+    with pytest.raises(UserError, match=r"unknown field|undefined"):
+        render_template("{{ missing }}", {"x": "a"}, name="t")
+
+
+def test_parse_steps() -> None:
+    assert parse_output(" 回答：東京です。\n次の質問", ["strip_prefix", "first_line",
+                                                    "until_period"]) == "東京です"
+    assert parse_output("\n\n  要約: 記事の要点。\n", ["strip_prefix", "first_line"]) == "記事の要点。"
+    assert parse_output("「東京」", ["strip_quotes"]) == "東京"
+    assert parse_output("A: Tokyo", ["strip_prefix"]) == "Tokyo"
+
+
+def test_fewshot_selectors() -> None:
+    pool = [{"id": str(i), "text": t} for i, t in enumerate(
+        ["猫が好きです", "犬と散歩する", "東京の天気は晴れ", "大阪の天気は雨", "猫と犬"])]
+    kw = {"fields": ["text"], "id_field": "id", "order": "as_selected", "seed": 0}
+    query = {"id": "q", "text": "明日の東京の天気"}
+    assert [d["id"] for d in select_demos(query, pool, k=2, selector="first", **kw)] == ["0", "1"]
+    similar = select_demos(query, pool, k=2, selector="similar", **kw)
+    assert similar[0]["id"] == "2" and similar[1]["id"] == "3"
+    reversed_ = select_demos(query, pool, k=2, selector="similar", **{**kw, "order": "reversed"})
+    assert [d["id"] for d in reversed_] == ["3", "2"]
+    a = select_demos(query, pool, k=3, selector="random", **kw)
+    b = select_demos({"id": "other", "text": "x"}, pool, k=3, selector="random", **kw)
+    assert a == b  # one seeded set shared by every query
+    c = select_demos(query, pool, k=3, selector="random", **{**kw, "seed": 7})
+    assert a != c
+    assert all(d["id"] != "0" for d in select_demos({"id": "0", "text": "猫が好きです"}, pool,
+                                                   k=4, selector="similar", **kw))
+    with pytest.raises(UserError, match="larger than the pool"):
+        select_demos(query, pool, k=9, selector="first", **kw)
+
+
+def test_instruct_demos_only_from_rows_with_responses() -> None:
+    task = load_task("instruct")
+    data = load_task_data(task)
+    config = PromptConfig(task="instruct", template="plain", fewshot=FewShot(k=2))
+    prompt = render_requests(task, config, data.validation[:1], data.fewshot)[0]
+    assert data.fewshot[0]["response"] in prompt
+
+
+def test_config_round_trip_and_validation(tmp_path) -> None:
+    task = load_task("summary")
+    config = PromptConfig.baseline(task).replace(fewshot=FewShot(k=2, selector="similar"))
+    path = tmp_path / "best.yaml"
+    config.save(path)
+    assert PromptConfig.load(path) == config
+    path.write_text("task: summary\ntemplate: nope\n")
+    with pytest.raises(UserError, match="unknown template 'nope'"):
+        PromptConfig.load(path)
+    path.write_text("task: summary\ntemplate: summarize\nfewshot: {k: 2, selector: best}\n")
+    with pytest.raises(UserError, match=r"unknown fewshot\.selector 'best'"):
+        PromptConfig.load(path)
+    path.write_text("task: summary\ntemplate: [unclosed\n")
+    with pytest.raises(UserError, match=r"best.yaml line 3 column 1: invalid YAML"):
+        PromptConfig.load(path)
+    with pytest.raises(UserError, match="only 8 examples"):
+        config.replace(fewshot=FewShot(k=50)).check(task, pool_size=8)
+    with pytest.raises(UserError, match="chat template"):
+        config.replace(template="chat").check(task, has_chat_template=False)
