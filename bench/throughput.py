@@ -73,6 +73,7 @@ def _way_a_child(model_dir: str, prompts: list[str], warmup: list[str], max_toke
     Path(out).write_text(json.dumps(result(
         start, seconds, rows, max_num_seqs=sched.max_num_seqs,
         max_num_batched_tokens=sched.max_num_batched_tokens), ensure_ascii=False))
+    llm.llm_engine.engine_core.shutdown()  # else this child waits forever on EngineCore
 
 
 def way_a(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int) -> dict:

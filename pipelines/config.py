@@ -11,7 +11,7 @@ from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
 from promptsearch.pipelines.parsing import check_parse_steps
 from promptsearch.pipelines.sampling import Sampling
-from promptsearch.pipelines.tasks import Task, load_task
+from promptsearch.pipelines.tasks import PromptTemplate, Task, load_task
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class PromptConfig:
     parse: tuple[str, ...] = ()
     chat: bool = False
     """Send a text template's prompt as one user message through the model's chat template."""
+    custom_template: PromptTemplate | None = None
+    """A user-supplied template (from a search space), saved inside the config itself."""
+
+    def template_of(self, task: Task) -> PromptTemplate:
+        if self.custom_template is not None:
+            return self.custom_template
+        return task.template(self.template)
 
     @classmethod
     def baseline(cls, task: Task) -> PromptConfig:
@@ -42,9 +49,13 @@ class PromptConfig:
                    sampling=task.sampling, parse=task.parse)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "template": self.template, "fewshot": asdict(self.fewshot),
-                "sampling": self.sampling.to_dict(), "parse": list(self.parse),
-                "chat": self.chat}
+        out = {"task": self.task, "template": self.template, "fewshot": asdict(self.fewshot),
+               "sampling": self.sampling.to_dict(), "parse": list(self.parse), "chat": self.chat}
+        if self.custom_template is not None:
+            spec = asdict(self.custom_template)
+            del spec["name"]
+            out["custom_template"] = spec
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> PromptConfig:
@@ -64,9 +75,12 @@ class PromptConfig:
             raise UserError(f"{where}: fewshot: {exc}") from None
         sampling = Sampling.from_dict({**task.sampling.to_dict(), **(data.get("sampling") or {})},
                                       where=f"{where}: sampling")
+        custom = data.get("custom_template")
         config = cls(task=task.name, template=data["template"], fewshot=fewshot,
                      sampling=sampling, parse=tuple(data.get("parse", task.parse)),
-                     chat=bool(data.get("chat", False)))
+                     chat=bool(data.get("chat", False)),
+                     custom_template=None if custom is None else PromptTemplate.from_dict(
+                         data["template"], custom, where=f"{where}: custom_template"))
         config.check(task, where=where)
         return config
 
@@ -86,7 +100,7 @@ class PromptConfig:
     def check(self, task: Task, *, where: str = "config", pool_size: int | None = None,
               has_chat_template: bool | None = None) -> None:
         """Reject what cannot run, before anything runs."""
-        template = task.template(self.template)
+        template = self.template_of(task)
         fs = self.fewshot
         if not isinstance(fs.k, int) or fs.k < 0:
             raise UserError(f"{where}: fewshot.k must be an integer >= 0, got {fs.k!r}")

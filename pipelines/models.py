@@ -198,6 +198,24 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def model_fingerprint(model: str, resolved: str) -> str:
+    """A machine-independent identity of the weights, for cache keys.
+
+    Embedded models: name + GGUF SHA-256. Local directories: the directory name + a hash of
+    config.json and the weight files' sizes. Hub ids: the id.
+    """
+    if model in EMBEDDED_MODELS:
+        manifest = json.loads((Path(resolved) / MANIFEST).read_text())
+        return f"{model}@{manifest['gguf_sha256']}"
+    path = Path(resolved)
+    if path.is_dir():
+        digest = hashlib.sha256((path / "config.json").read_bytes())
+        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        return f"{path.name}@{digest.hexdigest()[:16]}"
+    return model
+
+
 def _hub_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
         return False

@@ -7,12 +7,14 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from promptsearch.pipelines.cache import generation_key
 from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.models import DEFAULT_MODEL, resolve_model
+from promptsearch.pipelines.models import DEFAULT_MODEL, cache_dir, model_fingerprint, resolve_model
 from promptsearch.pipelines.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class _Item:
     index: int
     ids: list[int]
     sampling: Sampling
+    key: str = ""
 
     @property
     def cost(self) -> int:
@@ -41,6 +44,8 @@ class _Item:
 
 class EnginePool:
     """N engines, one per GPU (or tensor-parallel group) or per block of CPU cores.
+
+    ``engines=None`` starts as many as the cluster's GPUs (or CPU cores) allow.
 
     Created once by the driver; pass the object itself to trials and tasks (it pickles to its
     actor handles). Requests are chunked by token budget and pulled by engines as they free up,
@@ -51,7 +56,7 @@ class EnginePool:
         self,
         model: str = DEFAULT_MODEL,
         *,
-        engines: int = 1,
+        engines: int | None = None,
         device: str = "auto",
         cpus_per_engine: int = 1,
         tensor_parallel_size: int = 1,
@@ -62,18 +67,25 @@ class EnginePool:
         start_timeout: float = 900.0,
         chunk_tokens: int = 8192,
         chunks_in_flight: int = 4,
+        cache: bool | str | Path = False,
     ) -> None:
         import ray
 
-        if engines < 1:
-            raise UserError(f"--engines must be >= 1, got {engines}")
         if not ray.is_initialized():
             raise RuntimeError("EnginePool needs Ray: call ray.init() in the entry point first")
+        resources = ray.cluster_resources()
         if device == "auto":
-            device = "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+            device = "gpu" if resources.get("GPU", 0) > 0 else "cpu"
+        if engines is None:  # as many as the cluster holds
+            per_engine = cpus_per_engine if device == "cpu" else tensor_parallel_size
+            engines = max(1, int(resources.get(device.upper(), 1) // per_engine))
+        if engines < 1:
+            raise UserError(f"--engines must be >= 1, got {engines}")
         self.model_name = model
+        resolved = resolve_model(model)
         self.config = EngineConfig(
-            model=resolve_model(model), device=device, max_model_len=max_model_len,
+            model=resolved, model_id=model_fingerprint(model, resolved), device=device,
+            max_model_len=max_model_len,
             dtype=dtype, tensor_parallel_size=tensor_parallel_size,
             cpus_per_engine=cpus_per_engine, kv_cache_gib=kv_cache_gib,
             gpu_memory_utilization=gpu_memory_utilization)
@@ -82,6 +94,12 @@ class EnginePool:
         self._tokenizer: Any = None
         self._placement_groups: list[Any] = []
         self._actors: list[Any] = []
+        self._cache: Any = None
+        if cache:
+            from promptsearch.pipelines.cache import start_cache
+
+            directory = cache_dir() / "generations" if cache is True else Path(cache)
+            self._cache = start_cache(directory)
         self._check_resources(engines)
         try:
             for i in range(engines):
@@ -210,11 +228,12 @@ class EnginePool:
                     f"prompt has {len(ids)} tokens, the context is "
                     f"{self.config.max_model_len}; shorten it or raise max_model_len"))
                 continue
-            items.append(_Item(i, ids, s))
+            items.append(_Item(i, ids, s, generation_key(self.config.output_key(), ids, s.key())))
+        todo = await self._from_cache(items, results)
         queue: asyncio.Queue[list[_Item]] = asyncio.Queue()
-        for chunk in _chunks(items, self.chunk_tokens):
+        for chunk in _chunks(todo, self.chunk_tokens):
             queue.put_nowait(chunk)
-        done = [0, 0]
+        done = [len(items) - len(todo), 0]
 
         async def worker(actor: Any) -> None:
             while not queue.empty():
@@ -225,6 +244,9 @@ class EnginePool:
                     gens = [_failed(len(it.ids), f"engine failed: {exc}") for it in chunk]
                 for it, gen in zip(chunk, gens, strict=True):
                     results[it.index] = gen
+                if self._cache is not None:
+                    await self._cache.put_many.remote(
+                        [(it.key, _record(g)) for it, g in zip(chunk, gens, strict=True) if g.ok])
                 done[0] += len(chunk)
                 done[1] += sum(g.output_tokens for g in gens)
                 if progress is not None:
@@ -232,7 +254,33 @@ class EnginePool:
 
         await asyncio.gather(*(worker(a) for a in self._actors
                                for _ in range(self.chunks_in_flight)))
+        first: dict[str, int] = {}
+        for item in items:  # duplicates within this call share the first one's generation
+            first.setdefault(item.key, item.index)
+            if results[item.index] is None:
+                results[item.index] = replace(results[first[item.key]], cached=True)
         return [r for r in results if r is not None]
+
+    async def _from_cache(self, items: list[_Item],
+                          results: list[Generation | None]) -> list[_Item]:
+        """Fill cached rows; return the rows to generate, each distinct prompt once."""
+        seen: set[str] = set()
+        unique = [it for it in items if not (it.key in seen or seen.add(it.key))]
+        if self._cache is None:
+            return unique
+        records = await self._cache.get_many.remote([it.key for it in unique])
+        todo = []
+        for item, record in zip(unique, records, strict=True):
+            if record is None:
+                todo.append(item)
+            else:
+                results[item.index] = Generation(**record, seconds=0.0, cached=True)
+        return todo
+
+    def cache_stats(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self._cache.stats.remote()) if self._cache is not None else {}
 
     # -- teardown -------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -245,6 +293,9 @@ class EnginePool:
                 ray.get(actor.shutdown.remote(), timeout=30)
             ray.kill(actor, no_restart=True)
         self._actors = []
+        if self._cache is not None:
+            ray.kill(self._cache, no_restart=True)
+            self._cache = None
         for pg in self._placement_groups:
             remove_placement_group(pg)
         self._placement_groups = []
@@ -280,6 +331,11 @@ def _chunks(items: list[_Item], budget: int) -> list[list[_Item]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _record(gen: Generation) -> dict[str, Any]:
+    return {"text": gen.text, "prompt_tokens": gen.prompt_tokens,
+            "output_tokens": gen.output_tokens, "finish_reason": gen.finish_reason}
 
 
 def _failed(prompt_tokens: int, error: str) -> Generation:

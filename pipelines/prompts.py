@@ -21,7 +21,7 @@ def demo_pool(task: Task, fewshot: Sequence[Example]) -> list[Example]:
 
 def render_prompt(task: Task, config: PromptConfig, example: Example,
                   demos: Sequence[Example] = ()) -> Request:
-    template = task.template(config.template)
+    template = config.template_of(task)
     name = f"template {template.ref}"
     query = render_template(template.example, example, name=name)
     shots = [(render_template(template.example, d, name=name),

@@ -238,3 +238,63 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     write_json(out / "metrics.json", summary)
     click.echo(f"predictions: {parquet}, {jsonl}", err=True)
     click.echo(json.dumps(result.metrics, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--task", "task_name", help="qa, summary or instruct.")
+@click.option("--data", help="Dataset file or directory of split files [default: bundled].")
+@click.option("--space", type=click.Path(path_type=Path),
+              help="Search space YAML [default: the task's].")
+@click.option("--trials", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--time-budget", type=click.FloatRange(min=1), help="Seconds for the search.")
+@click.option("--seed", default=0, show_default=True, help="Seeds TPE and the split rule.")
+@click.option("--chunks", default=4, show_default=True, type=click.IntRange(1),
+              help="Validation chunks (ASHA rungs).")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
+              help="Trials at once; above 1 the trial sequence depends on timing.")
+@click.option("--max-validation", type=click.IntRange(1), help="Use the first N validation rows.")
+@click.option("--max-test", type=click.IntRange(1), help="Use the first N test rows.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run directory [default: runs/TASK-TIMESTAMP].")
+@click.option("--force", is_flag=True, help="Replace --out even if it holds something.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Finish an interrupted run: replays it from run.yaml and the cache.")
+@engine_options
+@click.pass_context
+def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path | None,
+        trials: int, time_budget: float | None, seed: int, chunks: int, concurrency: int,
+        max_validation: int | None, max_test: int | None, out: Path | None, force: bool,
+        resume: Path | None, **engine: Any) -> None:
+    """Search prompt configurations on validation, then run the best one on test."""
+    from promptsearch.search.run import RunSpec, execute_run, plan_run, prepare_run_dir
+
+    if resume is not None:
+        if not resume.is_dir():
+            raise UserError(f"--resume {resume}: no such directory")
+        plan = plan_run(RunSpec.load(resume), resume)
+        run_dir = resume
+    else:
+        if task_name is None:
+            raise UserError("--task is required (qa, summary or instruct), or --resume RUN_DIR")
+        spec = RunSpec(task=task_name, data=data, space=str(space) if space else None,
+                       trials=trials, seed=seed, chunks=chunks, concurrency=concurrency,
+                       time_budget_s=time_budget, max_validation=max_validation,
+                       max_test=max_test, **engine)
+        plan = plan_run(spec)
+        run_dir = prepare_run_dir(out, task_name, force=force)
+    click.echo(f"run directory: {run_dir}", err=True)
+    summary = execute_run(plan, run_dir, verbose=ctx.obj["verbose"])
+    metric = summary["metric"]
+    base, best = summary["baseline"], summary["best"]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    click.echo(f"{summary['task']} {metric}: baseline validation {fmt(base['validation'])} "
+               f"test {fmt(base['test'])} | best validation {fmt(best['validation'])} "
+               f"test {fmt(best['test'])}")
+    click.echo(f"trials: {summary['trials']['run']} ({summary['trials']['pruned']} pruned), "
+               f"generations {summary['generations']}, cache hits {summary['cache']['hits']}, "
+               f"{summary['wall_seconds']:.0f}s")
+    click.echo(f"test predictions: {', '.join(summary['predictions']['test'])}")
+    click.echo(f"report: {run_dir / 'report.md'}")

@@ -31,9 +31,9 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--model", default=DEFAULT_MODEL, show_default=True,
                      help="Embedded model name, local Hugging Face model directory, or hub id."),
-        click.option("--engines", default=1, show_default=True, type=click.IntRange(1),
-                     help="Engine actors (one per GPU or tensor-parallel group, or per "
-                          "--cpus-per-engine cores)."),
+        click.option("--engines", type=click.IntRange(1),
+                     help="Engine actors: one per GPU or tensor-parallel group, or per "
+                          "--cpus-per-engine cores [default: as many as the cluster holds]."),
         click.option("--cpus-per-engine", default=1, show_default=True, type=click.IntRange(1),
                      help="CPU cores per engine on CPU machines."),
         click.option("--tensor-parallel-size", default=1, show_default=True,
@@ -47,7 +47,7 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def engine_pool(model: str, engines: int, cpus_per_engine: int, tensor_parallel_size: int,
+def engine_pool(model: str, engines: int | None, cpus_per_engine: int, tensor_parallel_size: int,
                 max_model_len: int, *, verbose: bool = False) -> Iterator[Any]:
     """Start Ray and the pool; always shut the engines down, Ctrl-C included."""
     from promptsearch.pipelines.models import resolve_model
@@ -55,7 +55,7 @@ def engine_pool(model: str, engines: int, cpus_per_engine: int, tensor_parallel_
 
     resolve_model(model)  # a bad --model fails here, before Ray starts
     init_ray(verbose=verbose)
-    log.info("starting %d engine(s) for %s", engines, model)
+    log.info("starting engines for %s", model)
     pool = EnginePool(model, engines=engines, cpus_per_engine=cpus_per_engine,
                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
     try:

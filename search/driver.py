@@ -1,0 +1,153 @@
+"""``PromptSearch``: Ray Tune + OptunaSearch (seeded TPE) + ASHA over validation chunks.
+
+The baseline configuration is the first trial. Trials share the engine pool the driver built;
+with the default concurrency of 1 the trial sequence is a function of the seed alone, which is
+what makes ``--resume`` (a replay served from the generation cache) give the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptsearch.pipelines.config import PromptConfig
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.pool import EnginePool
+from promptsearch.pipelines.tasks import Task
+from promptsearch.search.space import SearchSpace
+from promptsearch.search.trial import run_trial, validation_chunks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    state: str
+    """``complete`` (every chunk), ``pruned`` (stopped by ASHA) or ``error``."""
+    score: float | None
+    chunk_scores: list[float]
+    generations: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    trials: list[TrialRecord]
+    best: TrialRecord
+    baseline: TrialRecord
+    best_config: PromptConfig
+    baseline_config: PromptConfig
+    study_storage: str
+    tune_dir: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PromptSearch:
+    """Settings of the searcher; the data comes in ``search``."""
+
+    trials: int = 16
+    concurrency: int = 1
+    chunks: int = 4
+    seed: int = 0
+    time_budget_s: float | None = None
+    reduction_factor: int = 2
+    max_failures: int = 1
+    """Retries of a trial whose generation raised (it is never scored 0)."""
+
+    def search(self, task: Task, *, space: SearchSpace, validation: Sequence[dict[str, Any]],
+               fewshot: Sequence[dict[str, Any]], pool: EnginePool, run_dir: Path,
+               callbacks: Sequence[Any] = ()) -> SearchResult:
+        import optuna
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        baseline = PromptConfig.baseline(task)
+        chunks = validation_chunks(list(validation), self.chunks)
+        study_path = run_dir / "optuna.db"
+        study_path.unlink(missing_ok=True)  # a replay must not see the trials of an earlier try
+        storage = f"sqlite:///{study_path.resolve()}"
+        searcher = OptunaSearch(
+            space=space.suggest, metric="score", mode="max",
+            sampler=optuna.samplers.TPESampler(seed=self.seed),
+            points_to_evaluate=[space.params_of(baseline)],
+            storage=optuna.storages.RDBStorage(storage), study_name=f"promptsearch-{task.name}")
+        scheduler = ASHAScheduler(time_attr="chunk", metric="score", mode="max",
+                                  max_t=len(chunks), grace_period=1,
+                                  reduction_factor=self.reduction_factor)
+        trainable = tune.with_parameters(run_trial, pool=pool, task_name=task.name, space=space,
+                                         chunks=chunks, fewshot=list(fewshot))
+        # Trials only render, parse and score: engines hold the cores. A memory-only request
+        # lets trials run beside engines that use every CPU.
+        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 256 * 2**20})
+        tune_dir = (run_dir / "tune").resolve()
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.concurrency),
+                scheduler=scheduler, num_samples=self.trials, time_budget_s=self.time_budget_s,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name="search", storage_path=str(tune_dir), verbose=0,
+                callbacks=list(callbacks),
+                failure_config=tune.FailureConfig(max_failures=self.max_failures)),
+        )
+        grid = tuner.fit()
+        records = [self._record(number, result, task, space, len(chunks))
+                   for number, result in enumerate(grid)]  # Tune keeps creation order
+        if not records or records[0].params != space.params_of(baseline):
+            raise RuntimeError("the baseline did not run as the first trial")
+        complete = [r for r in records if r.state == "complete"]
+        if not complete:
+            errors = "; ".join(sorted({r.error or "" for r in records if r.error}))[:500]
+            raise UserError(f"no trial finished the validation split ({errors or 'time budget'})")
+        best = max(complete, key=lambda r: (r.score, -r.number))
+        return SearchResult(trials=records, best=best, baseline=records[0],
+                            best_config=space.to_config(task, best.params),
+                            baseline_config=baseline, study_storage=storage,
+                            tune_dir=tune_dir / "search")
+
+    @staticmethod
+    def _record(number: int, result: Any, task: Task, space: SearchSpace,
+                n_chunks: int) -> TrialRecord:
+        frame = result.metrics_dataframe
+        reports = [] if frame is None or "score" not in frame else frame.to_dict("records")
+        last = reports[-1] if reports else {}
+        params = dict(result.config)
+        if result.error is not None:
+            state = "error"
+        elif last.get("chunk") == n_chunks:
+            state = "complete"
+        else:
+            state = "pruned"
+        return TrialRecord(
+            number=number, params=params, config=space.to_config(task, params).to_dict(),
+            state=state, score=last.get("score"),
+            chunk_scores=[r["chunk_score"] for r in reports],
+            generations=int(last.get("generations", 0)), cached=int(last.get("cached", 0)),
+            prompt_tokens=int(last.get("prompt_tokens", 0)),
+            output_tokens=int(last.get("output_tokens", 0)),
+            seconds=float(last.get("time_total_s", 0.0)),
+            error=None if result.error is None else _one_line(result.error))
+
+
+def _trial_name(trial: Any) -> str:
+    config = trial.config
+    return f"trial_{trial.trial_id}_{config.get('template', '')}_k{config.get('k', 0)}"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(getattr(error, "cause", None) or error).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(error).__name__)[:300]

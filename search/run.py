@@ -1,0 +1,244 @@
+"""``promptsearch run``: search on validation, then the best configuration on test.
+
+Run directory (every file written atomically; ``summary.json`` last, so its presence means
+the run finished)::
+
+    run.yaml            every input of the run (what --resume replays)
+    space.yaml          the search space used
+    best.yaml, baseline.yaml
+    trials.parquet      every trial: parameters, score per chunk, final score, cost, state
+    predictions/{validation,test}.{parquet,jsonl}
+    report.md, *.png    baseline vs best, top trials, parameter effects, plots
+    optuna.db           the Optuna study (optuna-dashboard sqlite:///optuna.db)
+    tune/search/        the Tune experiment
+    summary.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.evaluate import EvalResult, evaluate, has_references
+from promptsearch.pipelines.models import DEFAULT_MODEL
+from promptsearch.pipelines.pool import EnginePool
+from promptsearch.pipelines.prompts import demo_pool
+from promptsearch.pipelines.taskdata import TaskData, load_task_data
+from promptsearch.pipelines.tasks import TASK_DIR, load_task
+from promptsearch.pipelines.writers import write_json, write_parquet, write_table, write_text
+from promptsearch.search.driver import PromptSearch, SearchResult
+from promptsearch.search.report import write_plots, write_report
+from promptsearch.search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Every input of a run; saved as ``run.yaml`` so that the run can be repeated."""
+
+    task: str
+    model: str = DEFAULT_MODEL
+    data: str | None = None
+    space: str | None = None
+    trials: int = 16
+    seed: int = 0
+    chunks: int = 4
+    concurrency: int = 1
+    time_budget_s: float | None = None
+    engines: int | None = None
+    cpus_per_engine: int = 1
+    tensor_parallel_size: int = 1
+    max_model_len: int = 4096
+    max_validation: int | None = None
+    max_test: int | None = None
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunSpec:
+        from promptsearch.pipelines.readers import read_yaml
+
+        path = run_dir / "run.yaml"
+        if not path.is_file():
+            raise UserError(f"--resume {run_dir}: no run.yaml there; pass the directory of a "
+                            "run started by 'promptsearch run'")
+        data = read_yaml(path)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown field {unknown[0]!r}")
+        return cls(**data)
+
+    def save(self, run_dir: Path) -> None:
+        import yaml
+
+        write_text(run_dir / "run.yaml", yaml.safe_dump(dataclasses.asdict(self),
+                                                        allow_unicode=True, sort_keys=False))
+
+
+def prepare_run_dir(out: Path | None, task: str, *, force: bool) -> Path:
+    """A new run directory; refuse to overwrite anything that is not ours unless forced."""
+    run_dir = out or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if (run_dir / "run.yaml").is_file() and not force:
+            raise UserError(f"--out {run_dir}: already holds a run; use --resume {run_dir} to "
+                            "finish it, or --force to start over")
+        if not force:
+            raise UserError(f"--out {run_dir}: exists and is not a promptsearch run; choose "
+                            "another directory or pass --force")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@dataclass
+class RunPlan:
+    """A run's inputs, loaded and checked; building one writes nothing."""
+
+    spec: RunSpec
+    task: Any
+    data: TaskData
+    space: SearchSpace
+    space_text: str
+    fewshot: list[dict[str, Any]]
+
+
+def plan_run(spec: RunSpec, run_dir: Path | None = None) -> RunPlan:
+    """Load and check every input (task, data, space, few-shot pool) before anything runs."""
+    task = load_task(spec.task)
+    data = load_task_data(task, spec.data, seed=spec.seed, max_validation=spec.max_validation,
+                          max_test=spec.max_test)
+    if run_dir is not None and (run_dir / "space.yaml").is_file():
+        source = run_dir / "space.yaml"
+    else:
+        source = Path(spec.space) if spec.space else TASK_DIR / f"{task.name}.space.yaml"
+    space = SearchSpace.load(task, source)
+    fewshot = demo_pool(task, data.fewshot)
+    too_big = [k for k in space.k if k > len(fewshot)]
+    if too_big:
+        raise UserError(f"{source}: fewshot.k={max(too_big)} but the few-shot pool has only "
+                        f"{len(fewshot)} examples with answers")
+    return RunPlan(spec=spec, task=task, data=data, space=space,
+                   space_text=source.read_text(encoding="utf-8"), fewshot=fewshot)
+
+
+def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False) -> dict[str, Any]:
+    """The whole job; safe to call again on the same directory (a replay from the cache)."""
+    from promptsearch.search.progress import ProgressLine, trial_progress
+    from promptsearch.search.runtime import init_ray
+
+    started = time.perf_counter()
+    spec, task, data, fewshot = plan.spec, plan.task, plan.data, plan.fewshot
+    write_text(run_dir / "space.yaml", plan.space_text)
+    spec.save(run_dir)
+    searcher = PromptSearch(trials=spec.trials, concurrency=spec.concurrency,
+                            chunks=spec.chunks, seed=spec.seed, time_budget_s=spec.time_budget_s)
+    init_ray(verbose=verbose)
+    with EnginePool(spec.model, engines=spec.engines, cpus_per_engine=spec.cpus_per_engine,
+                    tensor_parallel_size=spec.tensor_parallel_size,
+                    max_model_len=spec.max_model_len, cache=True) as pool:
+        space = plan.space if pool.has_chat_template else plan.space.without_chat(task)
+        check_prompts_fit(task, space, data.validation, fewshot, pool)
+        print_budget(spec, space, data.validation, pool)
+        result = searcher.search(task, space=space, validation=data.validation,
+                                 fewshot=fewshot, pool=pool, run_dir=run_dir,
+                                 callbacks=[trial_progress(spec.trials, spec.chunks)])
+        final = {
+            "validation": evaluate(task, result.best_config, data.validation, pool=pool,
+                                   fewshot=fewshot,
+                                   progress=ProgressLine("best on validation",
+                                                         len(data.validation))),
+            "test": evaluate(task, result.best_config, data.test, pool=pool, fewshot=fewshot,
+                             progress=ProgressLine("best on test", len(data.test))),
+        }
+        baseline_test = None
+        if has_references(task, data.test):
+            baseline_test = evaluate(task, result.baseline_config, data.test, pool=pool,
+                                     fewshot=fewshot,
+                                     progress=ProgressLine("baseline on test", len(data.test)))
+        cache = pool.cache_stats()
+    return write_outputs(run_dir, spec, task, data.source, result, final, baseline_test,
+                         cache, time.perf_counter() - started)
+
+
+def check_prompts_fit(task: Any, space: SearchSpace, validation: list[dict[str, Any]],
+                      fewshot: list[dict[str, Any]], pool: EnginePool) -> None:
+    """Every template with the largest k must fit the context on the longest example."""
+    from promptsearch.pipelines.config import FewShot
+    from promptsearch.pipelines.prompts import render_requests
+
+    longest = max(validation, key=lambda e: sum(len(str(e.get(f, "")))
+                                                for f in task.input_fields))
+    k = max(space.k)
+    for name in space.templates:
+        config = space.to_config(task, {"template": name, "k": 0, "temperature": 0.0,
+                                        "max_tokens": max(space.max_tokens),
+                                        "repetition_penalty": 1.0,
+                                        "stop": next(iter(space.stop)),
+                                        "parse": next(iter(space.parse)), "chat": False})
+        config = config.replace(fewshot=FewShot(k=k, selector="first"))
+        request = render_requests(task, config, [longest], _longest_first(task, fewshot))[0]
+        tokens = len(pool.tokenize(request)) + config.sampling.max_tokens
+        if tokens > pool.config.max_model_len:
+            raise UserError(f"search space: template {name!r} with k={k} needs {tokens} tokens "
+                            f"on the longest example but the context is "
+                            f"{pool.config.max_model_len}; lower fewshot.k or raise "
+                            "--max-model-len")
+
+
+def _longest_first(task: Any, pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pool, key=lambda e: -sum(len(str(e.get(f, ""))) for f in task.input_fields))
+
+
+def print_budget(spec: RunSpec, space: SearchSpace, validation: list[dict[str, Any]],
+                 pool: EnginePool) -> None:
+    max_tokens = max(space.max_tokens)
+    gens = spec.trials * len(validation)
+    print(f"budget: {spec.trials} trials x {len(validation)} validation examples = at most "
+          f"{gens} generations (~{gens * max_tokens} output tokens at max_tokens={max_tokens}); "
+          f"ASHA over {spec.chunks} chunks and the cache cut this; {pool.engines} engine(s)",
+          file=sys.stderr, flush=True)
+
+
+def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: SearchResult,
+                  final: dict[str, EvalResult], baseline_test: EvalResult | None,
+                  cache: dict[str, int], wall: float) -> dict[str, Any]:
+    metric = task.primary_metric
+    paths = {}
+    for split, res in final.items():
+        parquet, jsonl = write_table(run_dir / "predictions" / split, res.rows)
+        paths[split] = [str(parquet), str(jsonl)]
+    write_parquet(run_dir / "trials.parquet", [dataclasses.asdict(t) for t in result.trials])
+    result.best_config.save(run_dir / "best.yaml")
+    result.baseline_config.save(run_dir / "baseline.yaml")
+    test_best = final["test"].metrics.get(metric)
+    test_base = baseline_test.metrics.get(metric) if baseline_test else None
+    states = [t.state for t in result.trials]
+    summary: dict[str, Any] = {
+        "task": task.name, "model": spec.model, "data": source, "metric": metric,
+        "baseline": {"validation": result.baseline.score, "test": test_base,
+                     "metrics_test": baseline_test.metrics if baseline_test else {}},
+        "best": {"validation": final["validation"].metrics.get(metric), "test": test_best,
+                 "trial": result.best.number,
+                 "metrics_validation": final["validation"].metrics,
+                 "metrics_test": final["test"].metrics},
+        "gain_test": None if test_best is None or test_base is None else test_best - test_base,
+        "trials": {"run": len(states), "complete": states.count("complete"),
+                   "pruned": states.count("pruned"), "error": states.count("error")},
+        "generations": sum(t.generations for t in result.trials)
+        + sum(r.generations for r in final.values())
+        + (baseline_test.generations if baseline_test else 0),
+        "cache": {"hits": cache.get("hits", 0), "misses": cache.get("misses", 0)},
+        "wall_seconds": round(wall, 1),
+        "predictions": paths,
+    }
+    plots = write_plots(result, run_dir)
+    write_report(run_dir, result, summary, plots)
+    write_json(run_dir / "summary.json", summary)
+    return summary

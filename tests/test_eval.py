@@ -1,0 +1,77 @@
+"""`eval` on the real engine for every task and on JSQuAD; `score` recomputes the same figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from promptsearch.pipelines.config import FewShot, PromptConfig
+from promptsearch.pipelines.evaluate import evaluate
+from promptsearch.pipelines.taskdata import load_task_data
+from promptsearch.pipelines.tasks import TASK_NAMES, load_task
+from promptsearch.pipelines.writers import write_table
+from tests.conftest import JSQUAD, run_cli
+
+
+def _rescore(task: str, predictions: Path, *extra: str) -> dict[str, float]:
+    result = run_cli("score", "--task", task, "--predictions", str(predictions), *extra,
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("task_name", TASK_NAMES)
+def test_eval_bundled_validation_and_rescore(pool, tmp_path: Path, task_name: str) -> None:
+    task = load_task(task_name)
+    data = load_task_data(task)
+    config = PromptConfig.baseline(task).replace(
+        fewshot=FewShot(k=1), sampling=task.sampling.__class__(
+            **{**task.sampling.to_dict(), "max_tokens": min(task.sampling.max_tokens, 96)}))
+    examples = data.validation[:8]
+    result = evaluate(task, config, examples, pool=pool, fewshot=data.fewshot)
+    assert set(result.metrics) == set(task.metrics)
+    assert len(result.rows) == len(examples) and result.generations == len(examples)
+    assert sum(bool(r["raw_output"]) for r in result.rows) >= len(examples) // 2
+    parquet, jsonl = write_table(tmp_path / "predictions" / "validation", result.rows)
+    for path in (parquet, jsonl):
+        assert _rescore(task_name, path) == pytest.approx(result.metrics)
+
+
+def test_eval_jsquad_two_shot_scores_above_zero_and_rescores(pool, tmp_path: Path) -> None:
+    task = load_task("qa")
+    data = load_task_data(task, JSQUAD, max_validation=24)
+    assert {e["title"] for e in data.fewshot}.isdisjoint({e["title"] for e in data.validation})
+    config = PromptConfig.baseline(task).replace(fewshot=FewShot(k=2))
+    result = evaluate(task, config, data.validation, pool=pool, fewshot=data.fewshot)
+    assert result.metrics["char_f1"] > 0
+    _, jsonl = write_table(tmp_path / "validation", result.rows)
+    assert _rescore("qa", jsonl) == pytest.approx(result.metrics)
+
+
+def test_eval_command_with_a_config_file(tmp_path: Path) -> None:
+    task = load_task("qa")
+    config = PromptConfig.baseline(task).replace(template="qa-label", fewshot=FewShot(k=2))
+    config.save(tmp_path / "best.yaml")
+    result = run_cli("eval", "--task", "qa", "--config", str(tmp_path / "best.yaml"),
+                     "--split", "test", "--max-examples", "12", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert saved["metrics"] == printed and saved["config"] == config.to_dict()
+    predictions = tmp_path / "run/predictions/test.jsonl"
+    assert len(predictions.read_text().splitlines()) == 12
+    refs = Path(__file__).resolve().parents[1] / "pipelines/tasks/data/qa/test.jsonl"
+    rows = [json.loads(line) for line in refs.read_text().splitlines()[:12]]
+    (tmp_path / "refs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                 for r in rows))
+    assert _rescore("qa", predictions, "--references", str(tmp_path / "refs.jsonl")) == \
+        pytest.approx(printed)
+
+
+def test_eval_bad_config_fails_before_any_engine(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("task: qa\ntemplate: jglue-extract\nfewshot: {k: 500}\n")
+    result = run_cli("eval", "--task", "qa", "--config", str(tmp_path / "c.yaml"), timeout=120)
+    assert result.returncode == 2
+    assert "fewshot.k=500 but the few-shot pool has only 23" in result.stderr

@@ -1,0 +1,140 @@
+"""`promptsearch run`: Ray Tune + Optuna + ASHA on the real engine, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_cli
+
+SMALL = ["--trials", "4", "--chunks", "2", "--max-validation", "8", "--max-test", "6"]
+
+
+def _rescore(task: str, predictions: Path) -> dict[str, float]:
+    result = run_cli("score", "--task", task, "--predictions", str(predictions), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _check_run(run_dir: Path, task: str, trials: int) -> dict:
+    for name in ("run.yaml", "space.yaml", "best.yaml", "baseline.yaml", "summary.json",
+                 "trials.parquet", "report.md", "optuna.db", "optimization_history.png",
+                 "score_by_template.png", "predictions/validation.parquet",
+                 "predictions/validation.jsonl", "predictions/test.parquet",
+                 "predictions/test.jsonl"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "tune/search").is_dir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metric = summary["metric"]
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert len(rows) == trials == summary["trials"]["run"]
+    baseline = yaml.safe_load((run_dir / "baseline.yaml").read_text())
+    assert rows[0]["config"] == baseline  # the baseline is the first trial
+    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r["score"])
+    assert yaml.safe_load((run_dir / "best.yaml").read_text()) == best["config"]
+    # The best trial's score is what `score` recomputes from the saved validation predictions,
+    # and the test predictions are the best configuration's, scored as the summary says.
+    validation = _rescore(task, run_dir / "predictions/validation.jsonl")
+    assert validation[metric] == pytest.approx(best["score"])
+    assert validation[metric] == pytest.approx(summary["best"]["validation"])
+    test = _rescore(task, run_dir / "predictions/test.parquet")
+    assert test == pytest.approx(summary["best"]["metrics_test"])
+    assert summary["baseline"]["test"] is not None and summary["gain_test"] == pytest.approx(
+        summary["best"]["test"] - summary["baseline"]["test"])
+    report = (run_dir / "report.md").read_text()
+    assert "| baseline |" in report and "| best |" in report
+    return summary
+
+
+@pytest.mark.parametrize("task", ["summary", "qa", "instruct"])
+def test_small_search_end_to_end(tmp_path: Path, task: str) -> None:
+    run_dir = tmp_path / "run"
+    extra = ["--max-model-len", "2048"] if task != "instruct" else []
+    result = run_cli("run", "--task", task, *SMALL, *extra, "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _check_run(run_dir, task, trials=4)
+    assert "budget: 4 trials x 8 validation examples" in result.stderr
+    assert "trial 1/4 chunk 1/2" in result.stderr  # live progress
+    assert f"test predictions: {run_dir}/predictions/test.parquet" in result.stdout
+    assert summary["cache"]["hits"] > 0  # the final validation run re-uses the search's rows
+
+
+def _trial_params(run_dir: Path) -> list[dict]:
+    return [r["params"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()]
+
+
+def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) -> None:
+    args = ["run", "--task", "qa", "--trials", "6", "--chunks", "2", "--max-validation", "8",
+            "--max-test", "6", "--seed", "3", "--max-model-len", "2048"]
+    first = tmp_path / "first"
+    result = run_cli(*args, "--out", str(first))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    second = tmp_path / "second"
+    proc = subprocess.Popen([sys.executable, "-m", "promptsearch.search", *args, "--out",
+                             str(second)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        if (line.startswith("[") and "trial 3/6" in line) or time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    proc.wait(timeout=60)
+    assert not (second / "summary.json").exists()
+
+    resumed = run_cli("run", "--resume", str(second))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = _check_run(second, "qa", trials=6)
+    assert _trial_params(second) == _trial_params(first)
+    assert (second / "best.yaml").read_text() == (first / "best.yaml").read_text()
+    for split in ("validation", "test"):
+        assert (second / f"predictions/{split}.jsonl").read_text() == \
+            (first / f"predictions/{split}.jsonl").read_text()
+    assert summary["cache"]["misses"] == 0  # nothing generated again
+
+
+def test_asha_stops_a_clearly_bad_configuration_early(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "templates": ["jglue-extract"],
+        "fewshot": {"k": [0, 2], "selector": ["first"]},
+        # max_tokens 1 cuts every answer to one token: clearly worse
+        "sampling": {"temperature": [0.0], "max_tokens": [32, 1], "stop": {"newline": ["\n"]}},
+        "parse": {"extract": ["strip_prefix", "first_line", "until_period"]},
+    }, allow_unicode=True))
+    run_dir = tmp_path / "run"
+    result = run_cli("run", "--task", "qa", "--space", str(space), "--trials", "8",
+                     "--chunks", "4", "--max-validation", "16", "--max-test", "4",
+                     "--max-model-len", "2048", "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert pruned, [(r["params"], r["chunk_scores"]) for r in rows]
+    assert all(len(r["chunk_scores"]) < 4 for r in pruned)
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["sampling"]["max_tokens"] == 32
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"templates": ["no-such-template"]}, "unknown template 'no-such-template'"),
+    ({"fewshot": {"k": [0, 500]}}, "fewshot.k=500 but the few-shot pool has only 23"),
+    ({"fewshot": {"selector": ["best"]}}, "unknown fewshot.selector 'best'"),
+])
+def test_bad_space_fails_before_any_trial(tmp_path: Path, space: dict, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = run_cli("run", "--task", "qa", "--space", str(path), "--out",
+                     str(tmp_path / "run"), timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "trials.parquet").exists()
