@@ -2,14 +2,13 @@
 VENV ?= .venv
 export VENV
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test bench
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/promptsearch generate pipelines/tasks/data/summary/test.jsonl \
-		--template '{{ text }}\n\n要約:' --max-tokens 64 --stop '\n' --out runs/demo/summary
+	$(VENV)/bin/promptsearch run --task summary
 
 test:
 	@PROMPTSEARCH_MODELS=all bash scripts/setup.sh

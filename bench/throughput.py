@@ -1,8 +1,7 @@
 """Generation throughput on one CPU core: raw ``vllm.LLM`` vs ``EnginePool`` vs ``ray.data.llm``.
 
-Same prompts (JSQuAD QA), same model, greedy decoding, fixed ``max_tokens``; each way runs one
-engine bound to core 0, one after another. Throughput = output tokens / generation wall time,
-engine start excluded (measured separately). Run: ``.venv/bin/python bench/throughput.py``.
+Same JSQuAD prompts, model, greedy decoding and ``max_tokens``; one engine bound to core 0 per way,
+one way after another. Throughput = output tokens / generation wall time (engine start apart).
 """
 
 from __future__ import annotations
@@ -12,8 +11,10 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,31 @@ TARGETS = {"b/a": 0.95, "b/c": 1.0}
 
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Watch(threading.Thread):
+    """Every 2 s, notes vLLM engines that are not this script's descendants: another session's
+    engines on the same 2 cores skew the timing, so the report names the phases they overlapped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.phase, self.seen = "", {}
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            time.sleep(2)
+            for proc in Path("/proc").glob("[0-9]*") if self.phase else ():
+                try:
+                    if (proc / "cmdline").read_bytes().startswith((b"VLLM::", b"ray::Engine")):
+                        pid = int(proc.name)
+                        while pid > 1 and pid != os.getpid():  # walk up the parents
+                            pid = int((Path("/proc") / str(pid) / "stat").read_text()
+                                      .rsplit(")", 1)[1].split()[1])
+                        if pid != os.getpid():
+                            self.seen.setdefault(self.phase, set()).add(int(proc.name))
+                except (OSError, IndexError, ValueError):
+                    continue
 
 
 def make_prompts(path: Path, n: int) -> tuple[list[str], list[str]]:
@@ -51,9 +77,8 @@ def result(start: float, seconds: float, rows: list[dict[str, Any]], **extra: An
             "tokens_per_s": tokens / seconds, "rows": rows, **extra}
 
 
-# -- (a) vllm.LLM in a spawned child, so its engine process is gone when the child exits --------
-def _way_a_child(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int,
-                 out: str) -> None:
+def way_a(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int) -> dict:
+    """Runs in a spawned child process, so that its engine process is gone when it returns."""
     os.environ.update(CPU_ENV)
     from vllm import LLM
 
@@ -70,25 +95,11 @@ def _way_a_child(model_dir: str, prompts: list[str], warmup: list[str], max_toke
     rows = [{"text": o.outputs[0].text, "prompt_tokens": len(o.prompt_token_ids),
              "output_tokens": len(o.outputs[0].token_ids)} for o in outs]
     sched = llm.llm_engine.vllm_config.scheduler_config
-    Path(out).write_text(json.dumps(result(
-        start, seconds, rows, max_num_seqs=sched.max_num_seqs,
-        max_num_batched_tokens=sched.max_num_batched_tokens), ensure_ascii=False))
-    llm.llm_engine.engine_core.shutdown()  # else this child waits forever on EngineCore
+    llm.llm_engine.engine_core.shutdown()  # else the child process waits forever on EngineCore
+    return result(start, seconds, rows, max_num_seqs=sched.max_num_seqs,
+                  max_num_batched_tokens=sched.max_num_batched_tokens)
 
 
-def way_a(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "a.json")
-        child = mp.get_context("spawn").Process(
-            target=_way_a_child, args=(model_dir, prompts, warmup, max_tokens, out))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"(a) vllm.LLM child failed with exit code {child.exitcode}")
-        return json.loads(Path(out).read_text())
-
-
-# -- (b) the project's EnginePool ---------------------------------------------------------------
 def way_b(model: str, prompts: list[str], warmup: list[str], max_tokens: int,
           pool_kwargs: dict[str, Any]) -> dict:
     from promptsearch.pipelines.pool import EnginePool
@@ -106,15 +117,13 @@ def way_b(model: str, prompts: list[str], warmup: list[str], max_tokens: int,
         info = pool.engine_info()
     finally:
         pool.shutdown()
-    errors = [g.error for g in gens if not g.ok]
-    if errors:
+    if errors := [g.error for g in gens if not g.ok]:
         raise SystemExit(f"(b) {len(errors)} rows failed, first: {errors[0]}")
-    rows = [{"text": g.text, "prompt_tokens": g.prompt_tokens,
-             "output_tokens": g.output_tokens} for g in gens]
+    rows = [{"text": g.text, "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens}
+            for g in gens]
     return result(start, seconds, rows, engine_cores=info[0]["cores"], pool_kwargs=pool_kwargs)
 
 
-# -- (c) ray.data.llm processor -------------------------------------------------------------------
 def way_c(model_dir: str, prompts: list[str], max_tokens: int) -> dict:
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -126,17 +135,14 @@ def way_c(model_dir: str, prompts: list[str], max_tokens: int) -> dict:
         # Plain prompts: vLLM tokenises them itself (HF tokenizer, BOS added), as in (a).
         # Separate tokenize/detokenize CPU actors would not fit next to the engine on 2 cores.
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)
-    sampling = {"temperature": 0.0, "top_p": 1.0, "max_tokens": max_tokens,
-                "repetition_penalty": 1.0}
+    sampling = {"temperature": 0.0, "top_p": 1.0, "max_tokens": max_tokens}  # = Sampling()
     processor = build_processor(
         config,
-        preprocess=lambda row: {"idx": row["idx"], "prompt": row["prompt"],
-                                "sampling_params": sampling},
+        preprocess=lambda row: {**row, "sampling_params": sampling},
         postprocess=lambda row: {
-            "idx": row["idx"], "text": row["generated_text"],
-            "prompt_tokens": row["num_input_tokens"],
-            "output_tokens": row["num_generated_tokens"],
-            "llm_s": row["time_taken_llm"], "done_at": time.time()})
+            "idx": row["idx"], "text": row["generated_text"], "done_at": time.time(),
+            "prompt_tokens": row["num_input_tokens"], "output_tokens": row["num_generated_tokens"],
+            "llm_s": row["time_taken_llm"]})
     t0, wall0 = time.perf_counter(), time.time()
     out = processor(ray.data.from_items(
         [{"idx": i, "prompt": p} for i, p in enumerate(prompts)])).take_all()
@@ -147,65 +153,58 @@ def way_c(model_dir: str, prompts: list[str], max_tokens: int) -> dict:
     first = min(r["done_at"] - r["llm_s"] for r in out)
     last = max(r["done_at"] for r in out)
     rows = [{k: r[k] for k in ("text", "prompt_tokens", "output_tokens")} for r in out]
-    res = result(first - wall0, last - first, rows, whole_execution_s=whole)
-    res["whole_tokens_per_s"] = res["output_tokens"] / whole
-    return res
+    return result(first - wall0, last - first, rows, whole_execution_s=whole,
+                  whole_tokens_per_s=sum(r["output_tokens"] for r in rows) / whole)
 
 
-# -- report ---------------------------------------------------------------------------------------
-def report(res: dict[str, dict], args: argparse.Namespace, model_dir: str) -> dict:
+def report(res: dict[str, dict], args: argparse.Namespace) -> dict:
     a, b, c = res["a"], res["b"], res["c"]
-    lines = [("way", "engine start (s)", "generation (s)", "output tokens", "tokens/s")]
-
-    def line(name: str, r: dict, secs: float, tps: float, start: str | None = None) -> None:
-        lines.append((name, start or f"{r['engine_start_s']:.1f}", f"{secs:.2f}",
-                      str(r["output_tokens"]), f"{tps:.1f}"))
-
-    line("(a) vllm.LLM", a, a["generation_s"], a["tokens_per_s"])
-    line("(b) EnginePool", b, b["generation_s"], b["tokens_per_s"])
-    line("(c) ray.data.llm, generation only *", c, c["generation_s"], c["tokens_per_s"])
-    line("(c) ray.data.llm, whole execution", c, c["whole_execution_s"],
-         c["whole_tokens_per_s"], start="(incl.)")
-    widths = [max(len(row[i]) for row in lines) for i in range(5)]
+    table = [("way", "engine start (s)", "generation (s)", "output tokens", "tokens/s")]
+    table += [(name, f"{r['engine_start_s']:.1f}", f"{r['generation_s']:.2f}",
+               str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}") for name, r in (
+        ("(a) vllm.LLM", a), ("(b) EnginePool", b), ("(c) ray.data.llm, generation only *", c))]
+    table.append(("(c) ray.data.llm, whole execution", "(incl.)", f"{c['whole_execution_s']:.2f}",
+                  str(c["output_tokens"]), f"{c['whole_tokens_per_s']:.1f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     print(f"\nmodel {args.model}, {args.n} JSQuAD prompts, greedy, max_tokens {args.max_tokens},"
-          " one engine on core 0 each\n")
-    for row in lines:
-        print("  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in
-                                                      zip(row[1:], widths[1:], strict=True)]))
+          " one engine bound to one core each\n")
+    for row in table:
+        print("  ".join([row[0].ljust(widths[0]), *(v.rjust(w) for v, w in
+                                                     zip(row[1:], widths[1:], strict=True))]))
     ratios = {"b/a": b["tokens_per_s"] / a["tokens_per_s"],
               "b/c": b["tokens_per_s"] / c["tokens_per_s"]}
-    print("\n* b/c uses (c) generation only: first request submitted -> last row out.")
+    print("\n* b/c uses (c) generation only: earliest request submitted -> last row out")
     for key, value in ratios.items():
-        verdict = "PASS" if value >= TARGETS[key] else "MISS"
-        print(f"{key} = {value:.3f}  (target >= {TARGETS[key]:.2f})  {verdict}")
-    texts = {k: [r["text"] for r in v["rows"]] for k, v in res.items()}
-    ptoks = {k: [r["prompt_tokens"] for r in v["rows"]] for k, v in res.items()}
-    diff = {f"{x}!={y}": sum(p != q for p, q in zip(texts[x], texts[y], strict=True))
+        print(f"{key} = {value:.3f}  (target >= {TARGETS[key]:.2f})  "
+              f"{'PASS' if value >= TARGETS[key] else 'MISS'}")
+    same_prompts = len({tuple(r["prompt_tokens"] for r in v["rows"]) for v in res.values()}) == 1
+    diff = {f"{x}!={y}": sum(p["text"] != q["text"] for p, q in
+                             zip(res[x]["rows"], res[y]["rows"], strict=True))
             for x, y in (("a", "b"), ("a", "c"), ("b", "c"))}
-    same_prompts = ptoks["a"] == ptoks["b"] == ptoks["c"]
     print(f"prompt token counts identical across a/b/c: {same_prompts} "
-          f"(total {sum(ptoks['a'])} prompt tokens)")
-    print("greedy outputs, differing rows: " + ", ".join(f"{k}: {v}" for k, v in diff.items())
-          + f"  ({'IDENTICAL' if not any(diff.values()) else 'NOT identical'})")
-    print(f"(a) scheduler: max_num_seqs {a['max_num_seqs']}, max_num_batched_tokens "
-          f"{a['max_num_batched_tokens']} (vllm.LLM defaults on CPU)")
-    return {"model": args.model, "model_dir": model_dir, "n": args.n,
-            "max_tokens": args.max_tokens, "engine_settings": ENGINE_KWARGS, "cpu_env": CPU_ENV,
-            "ways": {k: {f: v for f, v in r.items() if f != "rows"} for k, r in res.items()},
-            "ratios": ratios, "targets": TARGETS,
-            "pass": {k: ratios[k] >= TARGETS[k] for k in ratios},
-            "prompt_tokens_identical": same_prompts, "differing_rows": diff,
-            "c_ratio_basis": "generation only (first request submitted -> last row out)"}
+          f"({sum(r['prompt_tokens'] for r in a['rows'])} prompt tokens in all)")
+    print("greedy outputs, differing rows: " + ", ".join(f"{k} {v}" for k, v in diff.items())
+          + f"  -> {'IDENTICAL' if not any(diff.values()) else 'NOT identical'}")
+    print(f"(a) vllm.LLM scheduler: max_num_seqs {a['max_num_seqs']}, max_num_batched_tokens "
+          f"{a['max_num_batched_tokens']}; (b) pool engine bound to cores {b['engine_cores']}")
+    for key, r in res.items():
+        if r["foreign_engine_pids"]:
+            print(f"WARNING ({key}): another session's vLLM engines ran meanwhile (pids "
+                  f"{r['foreign_engine_pids']}); its figures are skewed, rerun on a quiet machine")
+    return {"model": args.model, "n": args.n, "max_tokens": args.max_tokens,
+            "engine_settings": ENGINE_KWARGS, "cpu_env": CPU_ENV, "ratios": ratios,
+            "targets": TARGETS, "pass": {k: ratios[k] >= TARGETS[k] for k in ratios},
+            "b_over_c_uses": "(c) generation only", "prompt_tokens_identical": same_prompts,
+            "differing_rows": diff,
+            "ways": {k: {f: v for f, v in r.items() if f != "rows"} for k, r in res.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--n", type=int, default=256, help="number of prompts")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--jsquad", type=Path, default=DEFAULT_JSQUAD)
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="EnginePool override")
-    parser.add_argument("--chunks-in-flight", type=int, default=None, help="EnginePool override")
+    for flag, kind, default in (("--model", str, "gemma-3-270m"), ("--n", int, 256),
+                                ("--max-tokens", int, 32), ("--jsquad", Path, DEFAULT_JSQUAD),
+                                ("--chunk-tokens", int, None), ("--chunks-in-flight", int, None)):
+        parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
@@ -216,24 +215,31 @@ def main() -> None:
     pool_kwargs = {k: v for k, v in (("chunk_tokens", args.chunk_tokens),
                                      ("chunks_in_flight", args.chunks_in_flight)) if v}
     res: dict[str, dict] = {}
+    watch = Watch()
     say(f"{len(prompts)} prompts, model {model_dir}")
-    say("(a) vllm.LLM: starting engine in a child process")
-    res["a"] = way_a(model_dir, prompts, warmup, args.max_tokens)
-    say(f"(a) done: {res['a']['tokens_per_s']:.1f} tokens/s")
 
+    def phase(key: str, title: str, run: Callable[[], dict]) -> None:
+        say(f"{title}: starting")
+        watch.phase = key
+        res[key] = run()
+        watch.phase = ""
+        res[key]["foreign_engine_pids"] = sorted(watch.seen.get(key, ()))
+        say(f"{title}: {res[key]['tokens_per_s']:.1f} output tokens/s")
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as child:
+        phase("a", "(a) vllm.LLM in a child process", lambda: child.submit(
+            way_a, model_dir, prompts, warmup, args.max_tokens).result())
     import ray
 
-    ray.init(num_cpus=2)
+    ray.init(num_cpus=2)  # the pool needs Ray; ray.data.llm reuses this cluster
     try:
-        say("(b) EnginePool: starting one engine")
-        res["b"] = way_b(args.model, prompts, warmup, args.max_tokens, pool_kwargs)
-        say(f"(b) done: {res['b']['tokens_per_s']:.1f} tokens/s")
-        say("(c) ray.data.llm: running the processor (engine start included)")
-        res["c"] = way_c(model_dir, prompts, args.max_tokens)
-        say(f"(c) done: {res['c']['tokens_per_s']:.1f} tokens/s (generation only)")
+        phase("b", "(b) EnginePool, one engine",
+              lambda: way_b(args.model, prompts, warmup, args.max_tokens, pool_kwargs))
+        phase("c", "(c) ray.data.llm processor",
+              lambda: way_c(model_dir, prompts, args.max_tokens))
     finally:
         ray.shutdown()
-    summary = report(res, args, model_dir)
+    summary = report(res, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwrote {RESULTS}")

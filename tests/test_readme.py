@@ -1,0 +1,42 @@
+"""The README's two fresh-machine commands, exercised as they are written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from tests.conftest import REPO
+from tests.test_search import _check_run
+
+
+def _fresh_machine_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Fresh machine", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the fresh-machine section needs a bash block"
+    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one() -> None:
+    demo, test = _fresh_machine_commands()
+    assert (demo, test) == ("make demo", "make test")
+    ci = [line for line in (REPO / ".ci/run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [test]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^demo: setup\n\t\$\(VENV\)/bin/promptsearch run --task summary\n",
+                     makefile, re.M)
+
+
+def test_demo_command_runs_the_main_job_on_the_embedded_default() -> None:
+    demo, _ = _fresh_machine_commands()
+    result = subprocess.run(demo.split(), cwd=REPO, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = REPO / re.search(r"run directory: (\S+)", result.stderr).group(1)
+    summary = _check_run(run_dir, "summary", trials=16)
+    assert summary["model"] == "gemma-3-270m" and summary["data"] == "bundled summary data"
+    assert summary["best"]["validation"] >= summary["baseline"]["validation"]
+    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] > 0
+    assert "setup: done" in result.stdout
