@@ -178,12 +178,12 @@ def report(res: dict[str, dict], args: argparse.Namespace) -> dict:
         print(f"{key} = {value:.3f}  (target >= {TARGETS[key]:.2f})  "
               f"{'PASS' if value >= TARGETS[key] else 'MISS'}")
     same_prompts = len({tuple(r["prompt_tokens"] for r in v["rows"]) for v in res.values()}) == 1
-    diff = {f"{x}!={y}": sum(p["text"] != q["text"] for p, q in
-                             zip(res[x]["rows"], res[y]["rows"], strict=True))
+    diff = {f"{x}!={y}": [i for i, (p, q) in enumerate(zip(res[x]["rows"], res[y]["rows"],
+                                                           strict=True)) if p["text"] != q["text"]]
             for x, y in (("a", "b"), ("a", "c"), ("b", "c"))}
     print(f"prompt token counts identical across a/b/c: {same_prompts} "
           f"({sum(r['prompt_tokens'] for r in a['rows'])} prompt tokens in all)")
-    print("greedy outputs, differing rows: " + ", ".join(f"{k} {v}" for k, v in diff.items())
+    print("greedy outputs, differing rows: " + ", ".join(f"{k} {len(v)}" for k, v in diff.items())
           + f"  -> {'IDENTICAL' if not any(diff.values()) else 'NOT identical'}")
     print(f"(a) vllm.LLM scheduler: max_num_seqs {a['max_num_seqs']}, max_num_batched_tokens "
           f"{a['max_num_batched_tokens']}; (b) pool engine bound to cores {b['engine_cores']}")
@@ -195,7 +195,7 @@ def report(res: dict[str, dict], args: argparse.Namespace) -> dict:
             "engine_settings": ENGINE_KWARGS, "cpu_env": CPU_ENV, "ratios": ratios,
             "targets": TARGETS, "pass": {k: ratios[k] >= TARGETS[k] for k in ratios},
             "b_over_c_uses": "(c) generation only", "prompt_tokens_identical": same_prompts,
-            "differing_rows": diff,
+            "differing_rows": diff,  # row indices
             "ways": {k: {f: v for f, v in r.items() if f != "rows"} for k, r in res.items()}}
 
 

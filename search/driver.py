@@ -8,6 +8,7 @@ what makes ``--resume`` (a replay served from the generation cache) give the sam
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +62,17 @@ class PromptSearch:
     chunks: int = 4
     seed: int = 0
     time_budget_s: float | None = None
-    reduction_factor: int = 2
+    reduction_factor: int = 3
+    """ASHA keeps the best 1/reduction_factor of trials at each rung (ASHA paper's eta)."""
     max_failures: int = 1
     """Retries of a trial whose generation raised (it is never scored 0)."""
 
     def search(self, task: Task, *, space: SearchSpace, validation: Sequence[dict[str, Any]],
                fewshot: Sequence[dict[str, Any]], pool: EnginePool, run_dir: Path,
-               callbacks: Sequence[Any] = ()) -> SearchResult:
+               callbacks: Sequence[Any] = (),
+               candidates: Sequence[dict[str, Any]] | None = None) -> SearchResult:
+        """Search ``self.trials`` configurations; or exactly ``candidates`` (Optuna params,
+        the baseline's first), in order, when given."""
         import optuna
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
@@ -75,6 +80,7 @@ class PromptSearch:
         from ray.tune.search.optuna import OptunaSearch
 
         baseline = PromptConfig.baseline(task)
+        points = list(candidates) if candidates else [space.params_of(baseline)]
         chunks = validation_chunks(list(validation), self.chunks)
         study_path = run_dir / "optuna.db"
         study_path.unlink(missing_ok=True)  # a replay must not see the trials of an earlier try
@@ -82,7 +88,7 @@ class PromptSearch:
         searcher = OptunaSearch(
             space=space.suggest, metric="score", mode="max",
             sampler=optuna.samplers.TPESampler(seed=self.seed),
-            points_to_evaluate=[space.params_of(baseline)],
+            points_to_evaluate=points,
             storage=optuna.storages.RDBStorage(storage), study_name=f"promptsearch-{task.name}")
         scheduler = ASHAScheduler(time_attr="chunk", metric="score", mode="max",
                                   max_t=len(chunks), grace_period=1,
@@ -93,11 +99,13 @@ class PromptSearch:
         # lets trials run beside engines that use every CPU.
         trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 256 * 2**20})
         tune_dir = (run_dir / "tune").resolve()
+        shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.concurrency),
-                scheduler=scheduler, num_samples=self.trials, time_budget_s=self.time_budget_s,
+                scheduler=scheduler, time_budget_s=self.time_budget_s,
+                num_samples=len(points) if candidates else self.trials,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name="search", storage_path=str(tune_dir), verbose=0,
