@@ -298,3 +298,61 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
                f"{summary['wall_seconds']:.0f}s")
     click.echo(f"test predictions: {', '.join(summary['predictions']['test'])}")
     click.echo(f"report: {run_dir / 'report.md'}")
+
+
+@main.command(name="serve")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--engines", type=click.IntRange(1),
+              help="Engine actors [default: as many as the cluster holds].")
+@click.option("--auth-token", envvar="PROMPTSEARCH_AUTH_TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' (or set PROMPTSEARCH_AUTH_TOKEN).")
+@click.option("--max-ongoing-requests", default=64, show_default=True, type=click.IntRange(1),
+              help="Per replica; more wait in a queue.")
+@click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(1),
+              help="Beyond this many waiting, requests get 503.")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
+              help="Largest max_tokens a request may ask for.")
+@click.pass_context
+def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: int,
+           engines: int | None, auth_token: str | None, max_ongoing_requests: int,
+           max_queued_requests: int, max_tokens: int) -> None:
+    """Serve a finished run's best configuration over HTTP with Ray Serve."""
+    import signal
+
+    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.search.run import RunSpec
+    from promptsearch.search.runtime import init_ray
+    from promptsearch.serve.app import ServeLimits, build_app
+
+    spec = RunSpec.load(run_dir)
+    if not (run_dir / "best.yaml").is_file():
+        raise UserError(f"{run_dir}: no best.yaml; the run has not finished (use "
+                        f"'promptsearch run --resume {run_dir}')")
+    PromptConfig.load(run_dir / "best.yaml")
+    init_ray(verbose=ctx.obj["verbose"])
+    from ray import serve
+
+    pool = EnginePool(spec.model, engines=engines, cpus_per_engine=spec.cpus_per_engine,
+                      tensor_parallel_size=spec.tensor_parallel_size,
+                      max_model_len=spec.max_model_len)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        limits = ServeLimits(auth_token=auth_token, max_tokens=max_tokens)
+        serve.run(build_app(run_dir, pool, limits=limits, replicas=replicas,
+                            max_ongoing_requests=max_ongoing_requests,
+                            max_queued_requests=max_queued_requests),
+                  name="promptsearch", route_prefix="/")
+        click.echo(f"serving {spec.task} from {run_dir} at http://{host}:{port} "
+                   f"(POST /v1/{spec.task}, /v1/chat/completions; GET /healthz); Ctrl-C stops",
+                   err=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+    finally:
+        serve.shutdown()
+        pool.shutdown()
