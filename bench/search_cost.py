@@ -27,7 +27,7 @@ JSQUAD = REPO.parent / "shared/data/jsquad/valid-v1.3.json"
 SPACE = {
     "templates": ["jglue-extract", "plain", "alpaca", "qa-label"],
     "fewshot": {"k": [0, 1, 2, 4], "selector": ["first", "similar"], "order": ["as_selected"]},
-    "sampling": {"temperature": [0.0], "max_tokens": [24, 6], "repetition_penalty": [1.0],
+    "sampling": {"temperature": [0.0], "max_tokens": [32, 6], "repetition_penalty": [1.0],
                  "stop": {"newline": ["\n"]}},
     "parse": {"extract": ["strip_prefix", "first_line", "until_period"],
               "line": ["first_line"]},
