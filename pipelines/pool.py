@@ -104,8 +104,7 @@ class EnginePool:
         try:
             for i in range(engines):
                 self._actors.append(self._create_actor(i))
-            ready = [a.info.remote() for a in self._actors]
-            self._infos = ray.get(ready, timeout=start_timeout)
+            ray.get([a.info.remote() for a in self._actors], timeout=start_timeout)
         except Exception as exc:
             self.shutdown()
             raise EngineStartError(_start_error_message(self.config.model, exc)) from None

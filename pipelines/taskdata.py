@@ -46,7 +46,9 @@ def load_examples(task: Task, source: str | Path, *,
     """Every example of one file in the task's canonical fields, checked row by row."""
     text = str(source)
     path = Path(source)
-    if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/")):
+    looks_like_hub_id = (text.count("/") == 1 and not text.startswith((".", "/"))
+                         and path.suffix not in (*SUFFIXES, ".json"))
+    if not path.exists() and looks_like_hub_id:
         rows = load_hf_dataset(text, split="validation")
     elif path.suffix == ".json":
         if task.name != "qa":

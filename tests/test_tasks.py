@@ -125,3 +125,10 @@ def test_config_round_trip_and_validation(tmp_path) -> None:
         config.replace(fewshot=FewShot(k=50)).check(task, pool_size=8)
     with pytest.raises(UserError, match="chat template"):
         config.replace(template="chat").check(task, has_chat_template=False)
+
+
+def test_missing_data_file_is_not_mistaken_for_a_hub_id() -> None:
+    with pytest.raises(UserError, match="file not found"):
+        load_task_data(load_task("qa"), "data/missing.jsonl")
+    with pytest.raises(UserError, match="Hugging Face hub"):
+        load_task_data(load_task("qa"), "someone/some-dataset")
