@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .ifeval import validate_kwargs
 from .readers import check_file, read_located_records, read_utf8
 
 __all__ = [
@@ -116,6 +117,11 @@ def load_mifeval(path: str | Path) -> list[dict]:
                 f"{label}: 'instruction_id_list' has {len(ids)} entries but 'kwargs' has "
                 f"{len(kwargs)}; give one kwargs object per instruction"
             )
+        for instruction_id, instruction_kwargs in zip(ids, kwargs, strict=True):
+            try:
+                validate_kwargs(instruction_id, instruction_kwargs or {})
+            except UserError as exc:
+                raise UserError(f"{label}: {exc}") from None
         rows.append({**row, "id": str(row["key"])})
     _check_unique_ids(path, [(row["id"], f"key {row['id']}") for row in rows])
     return rows
@@ -159,7 +165,7 @@ def load_table(
                 raise UserError(
                     f"{path} {label}: missing required field {name!r}{via}; the file's "
                     f"columns are: {', '.join(columns)}. Fill it in, or map the field to a "
-                    "column with field_map"
+                    "column with --field CANONICAL=COLUMN"
                 )
         if has_id:
             row["id"] = str(row["id"])

@@ -331,13 +331,14 @@ MIFEVAL_ROWS = [
     {
         "key": 1001,
         "prompt": "300文字以上で書いてください。",
-        "instruction_id_list": ["length_constraints:number_words"],
-        "kwargs": [{"relation": "at least", "num_words": 300}],
+        "instruction_id_list": ["ja:length_constraints:number_letters"],
+        "kwargs": [{"relation": "以上", "num_letters": 300}],
     },
     {
         "key": 1002,
         "prompt": "箇条書きで答えてください。",
-        "instruction_id_list": ["detectable_format:number_bullet_lists", "ja:no_katakana"],
+        "instruction_id_list": ["ja:detectable_format:number_bullet_lists",
+                                "ja:letters:no_katakana"],
         "kwargs": [{"num_bullets": 3}, {}],
     },
 ]

@@ -132,3 +132,71 @@ def test_missing_data_file_is_not_mistaken_for_a_hub_id() -> None:
         load_task_data(load_task("qa"), "data/missing.jsonl")
     with pytest.raises(UserError, match="Hugging Face hub"):
         load_task_data(load_task("qa"), "someone/some-dataset")
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"key": 1, "prompt": "p", "instruction_id_list": ["ja:keywords:nope"], "kwargs": [{}]},
+     "line 1 (key 1): unknown instruction"),
+    ({"key": 1, "prompt": "p", "instruction_id_list": ["ja:length_constraints:number_letters"],
+      "kwargs": [{"relation": "以上", "num_letters": "六百"}]},
+     "line 1 (key 1): ja:length_constraints:number_letters: kwarg 'num_letters' must be"),
+    ({"key": 1, "instruction_id_list": [], "kwargs": []}, "line 1: missing field 'prompt'"),
+])
+def test_bad_instruct_rows_name_the_row(tmp_path, row: dict, message: str) -> None:
+    import json
+
+    from promptsearch.pipelines.taskdata import load_examples
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_examples(load_task("instruct"), path)
+    assert message in str(info.value)
+
+
+def test_bad_qa_rows_and_empty_split_name_the_problem(tmp_path) -> None:
+    import json
+
+    from promptsearch.pipelines.taskdata import load_examples
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"id": "1", "context": "c", "question": "q"}) + "\n")
+    with pytest.raises(UserError, match="line 1 \\(id 1\\): missing required field 'answers'"):
+        load_examples(load_task("qa"), path)
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    (split_dir / "validation.jsonl").write_text(
+        json.dumps({"id": "1", "context": "c", "question": "q", "answers": ["c"]}) + "\n")
+    (split_dir / "test.jsonl").write_text("\n")
+    with pytest.raises(UserError, match=r"test\.jsonl: the file has no records"):
+        load_task_data(load_task("qa"), split_dir)
+
+
+def test_search_space_with_a_user_template_round_trips_through_best_yaml(tmp_path) -> None:
+    import yaml
+
+    from promptsearch.search.space import SearchSpace
+
+    task = load_task("qa")
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "templates": ["mine", "plain"],
+        "extra_templates": {"mine": {"example": "Q: {{ question }}\\nC: {{ context }}\\nA:",
+                                     "answer": " {{ answers[0] }}"}},
+        "fewshot": {"k": [0, 1]}, "sampling": {"max_tokens": [32], "stop": {"nl": ["\\n"]}},
+        "parse": {"extract": ["strip_prefix", "first_line", "until_period"]}}))
+    space = SearchSpace.load(task, path)
+    config = space.to_config(task, {"template": "mine", "k": 1, "selector": "first",
+                                    "order": "as_selected", "temperature": 0.0,
+                                    "max_tokens": 32, "repetition_penalty": 1.0, "stop": "nl",
+                                    "parse": "extract", "chat": False})
+    example = {"id": "q", "context": "C1", "question": "Q1", "answers": ["A1"]}
+    demo = {"id": "d", "context": "C0", "question": "Q0", "answers": ["A0"]}
+    assert render_prompt(task, config, example, [demo]) == "Q: Q0\\nC: C0\\nA: A0\n\nQ: Q1\\nC: C1\\nA:"
+    config.save(tmp_path / "best.yaml")
+    assert PromptConfig.load(tmp_path / "best.yaml") == config
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"extra_templates": {"x": {"example": "{{ title }}"}},
+                                   "templates": ["x"]}))
+    with pytest.raises(UserError, match="reads unknown field 'title'"):
+        SearchSpace.load(task, bad)
