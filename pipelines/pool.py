@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -158,9 +159,7 @@ class EnginePool:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+            self._tokenizer = _load_tokenizer(self.config.model)
         return self._tokenizer
 
     @property
@@ -304,6 +303,14 @@ class EnginePool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(model: str) -> Any:
+    """Once per process: a reused trial actor unpickles the pool for every trial."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
 
 
 def _per_request(sampling: Sampling | Sequence[Sampling] | None, n: int) -> list[Sampling]:

@@ -106,7 +106,8 @@ class PromptSearch:
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.concurrency),
                 scheduler=scheduler, time_budget_s=self.time_budget_s,
                 num_samples=len(points) if candidates else self.trials,
-                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                reuse_actors=True),  # no new process (and imports) per trial
             run_config=tune.RunConfig(
                 name="search", storage_path=str(tune_dir), verbose=0,
                 callbacks=list(callbacks),
