@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .ifeval import validate_kwargs
 from .readers import check_file, read_located_records, read_utf8
 
@@ -204,18 +204,18 @@ def load_hf_dataset(dataset_id: str, *, split: str) -> list[dict]:
         dataset = datasets.load_dataset(dataset_id, split=split)
     except (ConnectionError, TimeoutError) as exc:
         raise UserError(
-            f"cannot reach the Hugging Face hub to load {dataset_id!r} ({_one_line(exc)}); "
+            f"cannot reach the Hugging Face hub to load {dataset_id!r} ({one_line(exc)}); "
             + instead
         ) from None
     except Exception as exc:
         if _looks_offline(exc):
             raise UserError(
-                f"cannot reach the Hugging Face hub to load {dataset_id!r} ({_one_line(exc)}); "
+                f"cannot reach the Hugging Face hub to load {dataset_id!r} ({one_line(exc)}); "
                 + instead
             ) from None
         raise UserError(
             f"could not load split {split!r} of Hugging Face dataset {dataset_id!r} "
-            f"({_one_line(exc)}); check the dataset id and split, or {instead}"
+            f"({one_line(exc)}); check the dataset id and split, or {instead}"
         ) from None
     return [dict(row) for row in dataset]
 
@@ -231,10 +231,6 @@ def _looks_offline(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def split_records(

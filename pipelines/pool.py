@@ -14,7 +14,7 @@ from typing import Any
 
 from promptsearch.pipelines.cache import generation_key
 from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
-from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.errors import UserError, last_line
 from promptsearch.pipelines.models import DEFAULT_MODEL, cache_dir, model_fingerprint, resolve_model
 from promptsearch.pipelines.sampling import Sampling
 
@@ -105,7 +105,8 @@ class EnginePool:
         try:
             for i in range(engines):
                 self._actors.append(self._create_actor(i))
-            ray.get([a.info.remote() for a in self._actors], timeout=start_timeout)
+            ray.get([a.info.options(max_task_retries=0).remote() for a in self._actors],
+                    timeout=start_timeout)
         except Exception as exc:
             self.shutdown()
             raise EngineStartError(_start_error_message(self.config.model, exc)) from None
@@ -349,12 +350,9 @@ def _failed(prompt_tokens: int, error: str) -> Generation:
 
 
 def _start_error_message(model: str, exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    last = next((line for line in reversed(text) if line.strip()), type(cause).__name__)
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "GetTimeoutError":
-        last = "timed out waiting for the engine to start"
-    return f"engine for model {model} failed to start: {last[:300]}"
+        return f"engine for model {model} failed to start: timed out waiting for it"
+    return f"engine for model {model} failed to start: {last_line(exc)}"
 
 
 __all__ = ["EnginePool", "EngineStartError", "Generation", "Request"]

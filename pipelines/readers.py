@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 __all__ = ["SUFFIXES", "read_records"]
 
@@ -112,7 +112,7 @@ def _read_parquet(path: Path) -> list[tuple[str, dict]]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise UserError(
-            f"{path}: not a readable Parquet file ({_one_line(exc)}); re-export it as Parquet"
+            f"{path}: not a readable Parquet file ({one_line(exc)}); re-export it as Parquet"
         ) from None
     return [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
 
@@ -129,7 +129,7 @@ def _read_csv(path: Path) -> list[tuple[str, dict]]:
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, ValueError) as exc:
-        raise UserError(f"{path}: not a well-formed CSV file ({_one_line(exc)}); fix it") from None
+        raise UserError(f"{path}: not a well-formed CSV file ({one_line(exc)}); fix it") from None
     rows = []
     for i, record in enumerate(frame.to_dict(orient="records"), start=1):
         row = {str(key): _none_if_nan(value) for key, value in record.items()}
@@ -143,10 +143,6 @@ def _none_if_nan(value: Any) -> Any:
     return value
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content; a syntax error names the file, line and column."""
     import yaml
@@ -158,5 +154,5 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or _one_line(exc)
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise UserError(f"{where}: invalid YAML ({problem}); fix the file") from None

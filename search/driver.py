@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.config import PromptConfig
-from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.errors import UserError, last_line
 from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.tasks import Task
 from promptsearch.search.space import SearchSpace
@@ -149,7 +149,7 @@ class PromptSearch:
             prompt_tokens=int(last.get("prompt_tokens", 0)),
             output_tokens=int(last.get("output_tokens", 0)),
             seconds=float(last.get("time_total_s", 0.0)),
-            error=None if result.error is None else _one_line(result.error))
+            error=None if result.error is None else last_line(result.error))
 
 
 def _trial_name(trial: Any) -> str:
@@ -157,6 +157,3 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}_{config.get('template', '')}_k{config.get('k', 0)}"
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(getattr(error, "cause", None) or error).strip().splitlines()
-    return next((line for line in reversed(text) if line.strip()), type(error).__name__)[:300]

@@ -22,6 +22,9 @@ def init_ray(*, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray enables token auth for a local cluster and says so at every start; keep it on, quietly.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING)
 

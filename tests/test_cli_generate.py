@@ -106,3 +106,21 @@ def test_generate_bad_input_is_one_clear_line(tmp_path: Path, setup: str | None,
     assert message in lines[0]
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("out*"))
+
+
+def test_an_engine_that_cannot_start_fails_early_with_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "こんにちは"}\n', encoding="utf-8")
+    start = time.monotonic()
+    result = run_cli("generate", str(source), "--model", str(model), "--engines", "1",
+                     "--out", str(tmp_path / "out"), timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: engine for model {model} failed to start: ")
+    assert "no-such-architecture" in lines[0]
+    assert time.monotonic() - start < 120  # no restarts of an engine that cannot start
+    assert not list(tmp_path.glob("out*"))
