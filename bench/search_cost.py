@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=None)
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reduction-factor", type=int, default=None,
+                        help="ASHA's eta [default: PromptSearch's]")
     parser.add_argument("--jsquad", type=Path, default=JSQUAD)
     args = parser.parse_args()
 
@@ -100,6 +102,9 @@ def main() -> None:
         out["a"] = {"generations": gens, "seconds": time.perf_counter() - start,
                     "best": max(scores), "scores": scores}
     searcher = PromptSearch(chunks=args.chunks, seed=args.seed)
+    if args.reduction_factor is not None:
+        searcher.reduction_factor = args.reduction_factor
+    out["reduction_factor"] = searcher.reduction_factor
     for label in ("b", "c"):
         log(f"({label}) search with ASHA over the same {len(candidates)}, cache in {work}")
         with EnginePool("gemma-3-270m", engines=args.engines, max_model_len=4096,
@@ -123,7 +128,8 @@ def main() -> None:
     targets = {"b/a generations": ("<=", 0.40), "a best - b best": ("<=", 1.0),
                "c hit rate": (">=", 0.99), "c/b time": ("<=", 0.20)}
     print(f"\nsearch cost on JSQuAD: {len(data.validation)} validation rows, "
-          f"{len(candidates)} configurations, {args.chunks} chunks, seed {args.seed}\n")
+          f"{len(candidates)} configurations, {args.chunks} chunks, "
+          f"ASHA eta {searcher.reduction_factor}, seed {args.seed}\n")
     print(f"{'run':<34}{'generations':>12}{'seconds':>10}{'best char_f1':>14}{'pruned':>8}")
     rows = [("(a) every config, full validation", a, "-"),
             ("(b) search: ASHA + cache", b, b["pruned"]),
