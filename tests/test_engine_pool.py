@@ -81,7 +81,8 @@ def test_work_is_spread_over_both_engines(pool) -> None:
     pool.chunk_tokens = 64  # many chunks, so both engines must pull work
     try:
         before = [info["requests"] for info in pool.engine_info()]
-        pool.generate(PROMPTS * 4, Sampling(max_tokens=8))
+        distinct = [f"{i}. {p}" for i in range(4) for p in PROMPTS]  # repeats are sent once
+        pool.generate(distinct, Sampling(max_tokens=8))
         after = [info["requests"] for info in pool.engine_info()]
     finally:
         pool.chunk_tokens = pool_small_chunks
@@ -118,3 +119,11 @@ def test_sampling_validation_names_the_field() -> None:
         Sampling(top_p=1.5)
     with pytest.raises(UserError, match="unknown field 'temp'"):
         Sampling.from_dict({"temp": 0.5})
+
+
+def test_repeated_requests_in_one_call_are_generated_once(pool) -> None:
+    before = sum(info["requests"] for info in pool.engine_info())
+    gens = pool.generate([PROMPTS[0], PROMPTS[1], PROMPTS[0]], Sampling(max_tokens=8))
+    after = sum(info["requests"] for info in pool.engine_info())
+    assert after - before == 2
+    assert gens[2].text == gens[0].text and gens[2].cached and not gens[0].cached
