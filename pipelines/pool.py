@@ -169,9 +169,7 @@ class EnginePool:
 
     def load_counts(self) -> list[int]:
         """How many times each engine has loaded its model in this run (1 when healthy)."""
-        import ray
-
-        return [info["loads"] for info in ray.get([a.info.remote() for a in self._actors])]
+        return [info["loads"] for info in self.engine_info()]
 
     def engine_info(self) -> list[dict[str, Any]]:
         import ray
