@@ -63,7 +63,7 @@ class EnginePool:
         tensor_parallel_size: int = 1,
         max_model_len: int = 4096,
         dtype: str = "auto",
-        kv_cache_gib: int = 2,
+        kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.85,
         start_timeout: float = 900.0,
         chunk_tokens: int = 8192,
@@ -350,6 +350,9 @@ def _failed(prompt_tokens: int, error: str) -> Generation:
 def _start_error_message(model: str, exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "GetTimeoutError":
         return f"engine for model {model} failed to start: timed out waiting for it"
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
+        return (f"engine for model {model} failed to start: the node ran out of memory (Ray's "
+                f"memory monitor killed it); start fewer engines (--engines) or stop other jobs")
     return f"engine for model {model} failed to start: {last_line(exc)}"
 
 

@@ -305,8 +305,9 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--engines", type=click.IntRange(1),
-              help="Engine actors [default: as many as the cluster holds].")
+@click.option("--engines", type=click.IntRange(1), envvar="PROMPTSEARCH_ENGINES",
+              help="Engine actors (or set PROMPTSEARCH_ENGINES) "
+                   "[default: as many as the cluster holds].")
 @click.option("--auth-token", envvar="PROMPTSEARCH_AUTH_TOKEN",
               help="Require 'Authorization: Bearer TOKEN' (or set PROMPTSEARCH_AUTH_TOKEN).")
 @click.option("--max-ongoing-requests", default=64, show_default=True, type=click.IntRange(1),

@@ -34,9 +34,10 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--model", default=DEFAULT_MODEL, show_default=True,
                      help="Embedded model name, local Hugging Face model directory, or hub id."),
-        click.option("--engines", type=click.IntRange(1),
+        click.option("--engines", type=click.IntRange(1), envvar="PROMPTSEARCH_ENGINES",
                      help="Engine actors: one per GPU or tensor-parallel group, or per "
-                          "--cpus-per-engine cores [default: as many as the cluster holds]."),
+                          "--cpus-per-engine cores (or set PROMPTSEARCH_ENGINES) "
+                          "[default: as many as the cluster holds]."),
         click.option("--cpus-per-engine", default=1, show_default=True, type=click.IntRange(1),
                      help="CPU cores per engine on CPU machines."),
         click.option("--tensor-parallel-size", default=1, show_default=True,

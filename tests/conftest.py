@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 JSQUAD = SHARED_DATA / "jsquad" / "valid-v1.3.json"
 
+# An engine takes about 5 GB of RAM. The session pool holds two; every command a test runs in
+# a subprocess (and `make demo`) gets one more, so that 24 GB machines stay clear of Ray's
+# memory monitor. Tests that need several engines in a subprocess pass --engines.
+os.environ.setdefault("PROMPTSEARCH_ENGINES", "1")
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
