@@ -66,7 +66,10 @@ class PromptConfig:
         for key in ("task", "template"):
             if not isinstance(data.get(key), str):
                 raise UserError(f"{where}: field {key!r} is required (a string)")
-        task = load_task(data["task"])
+        try:
+            task = load_task(data["task"])
+        except UserError as exc:
+            raise UserError(f"{where}: field 'task': {exc}") from None
         shots = data.get("fewshot") or {}
         _no_unknown(shots, {f.name for f in fields(FewShot)}, f"{where}: fewshot")
         try:
@@ -101,6 +104,8 @@ class PromptConfig:
               has_chat_template: bool | None = None) -> None:
         """Reject what cannot run, before anything runs."""
         template = self.template_of(task)
+        if self.custom_template is not None:
+            check_template(template, task, where=f"{where}: custom_template")
         fs = self.fewshot
         if not isinstance(fs.k, int) or fs.k < 0:
             raise UserError(f"{where}: fewshot.k must be an integer >= 0, got {fs.k!r}")
@@ -127,3 +132,16 @@ def _no_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
     if unknown:
         raise UserError(f"{where}: unknown field {unknown[0]!r}; allowed: "
                         f"{', '.join(sorted(known))}")
+
+
+def check_template(template: PromptTemplate, task: Task, *, where: str) -> None:
+    """A user's template must compile, stay out of Python internals and read only the task's
+    input fields (its answer part may also read the references of a demo)."""
+    from promptsearch.pipelines.render import compile_template
+
+    compile_template(template.example, name=f"{where}: template {template.name!r}")
+    unknown = template.fields() - set(task.input_fields)
+    if unknown:
+        raise UserError(f"{where}: template {template.name!r} reads unknown field "
+                        f"{sorted(unknown)[0]!r}; input fields: {', '.join(task.input_fields)}")
+    compile_template(template.answer, name=f"{where}: template {template.name!r} answer")

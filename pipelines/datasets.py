@@ -97,7 +97,8 @@ def load_mifeval(path: str | Path) -> list[dict]:
     """M-IFEval rows (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``) plus ``id``."""
     path = Path(path)
     rows = []
-    for where, row in read_located_records(path):
+    located = read_located_records(path)
+    for where, row in located:
         for name in ("key", "prompt", "instruction_id_list", "kwargs"):
             if row.get(name) is None:
                 raise UserError(
@@ -123,7 +124,8 @@ def load_mifeval(path: str | Path) -> list[dict]:
             except UserError as exc:
                 raise UserError(f"{label}: {exc}") from None
         rows.append({**row, "id": str(row["key"])})
-    _check_unique_ids(path, [(row["id"], f"key {row['id']}") for row in rows])
+    _check_unique_ids(path, [(row["id"], f"key {row['id']}") for row in rows],
+                      [where for where, _ in located])
     return rows
 
 
@@ -170,16 +172,20 @@ def load_table(
         if has_id:
             row["id"] = str(row["id"])
     if has_id:
-        _check_unique_ids(path, [(row["id"], f"id {row['id']}") for row in rows])
+        _check_unique_ids(path, [(row["id"], f"id {row['id']}") for row in rows],
+                          [where for where, _ in located])
     return rows
 
 
-def _check_unique_ids(path: Path, ids: list[tuple[str, str]]) -> None:
-    seen: set[str] = set()
-    for value, label in ids:
+def _check_unique_ids(path: Path, ids: list[tuple[str, str]],
+                      where: Sequence[str] | None = None) -> None:
+    """``ids`` are (value, label) pairs; ``where`` says where each row is (``"line 3"``)."""
+    seen: dict[str, int] = {}
+    for n, (value, label) in enumerate(ids):
         if value in seen:
-            raise UserError(f"{path}: duplicate {label}; every row needs a unique id")
-        seen.add(value)
+            at = f" on {where[n]} (first on {where[seen[value]]})" if where else ""
+            raise UserError(f"{path}: duplicate {label}{at}; every row needs a unique id")
+        seen[value] = n
 
 
 def load_hf_dataset(dataset_id: str, *, split: str) -> list[dict]:

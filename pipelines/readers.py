@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import UserError, one_line
 
 __all__ = ["SUFFIXES", "read_records"]
 
 SUFFIXES = (".jsonl", ".parquet", ".csv")
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -58,16 +60,51 @@ def check_file(path: Path) -> None:
 
 
 def read_utf8(path: Path) -> str:
-    """The file's text; a UTF-8 byte-order mark is ignored."""
+    """The file's text; a UTF-8 byte-order mark is ignored. ASCII-only UTF-16 decodes as
+    UTF-8 with NUL bytes in between, so it is recognised and refused too."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(
-            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); re-save the file as UTF-8"
-        ) from None
+        _not_utf8(path, data, exc.start)
+    guess = _guess_encoding(data) if "\0" in text else None
+    if guess is not None and guess[0].startswith("UTF-16"):
+        _not_utf8(path, data, data.index(0))
+    return text
+
+
+def _not_utf8(path: Path, data: bytes, offset: int) -> NoReturn:
+    line = data.count(b"\n", 0, offset) + 1
+    guess = _guess_encoding(data)
+    looks, how = "", ""
+    if guess is not None:
+        looks = f"; it looks like {guess[0]}"
+        how = f", e.g. iconv -f {guess[1]} -t UTF-8 {path} > NEW_FILE"
+    raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset "
+                    f"{offset}){looks}; re-save the file as UTF-8{how}")
+
+
+def _guess_encoding(data: bytes) -> tuple[str, str] | None:
+    """(what to call it, iconv's name) of non-UTF-8 text, so the error can say how to convert.
+
+    Japanese data that is not UTF-8 is nearly always UTF-16 (Excel's "Unicode text") or
+    Shift-JIS (CP932, Windows' default); EUC-JP still turns up in older corpora.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16", "UTF-16"
+    head = data[:200]
+    if head.count(0) * 4 > len(head):
+        return ("UTF-16LE", "UTF-16LE") if head[1::2].count(0) > head[::2].count(0) \
+            else ("UTF-16BE", "UTF-16BE")
+    for codec, label, iconv_name in (("cp932", "Shift-JIS (CP932)", "CP932"),
+                                     ("euc_jp", "EUC-JP", "EUC-JP")):
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if _JAPANESE.search(text):
+            return label, iconv_name
+    return None
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:

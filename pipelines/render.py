@@ -25,14 +25,41 @@ def _environment() -> Any:
 
 @lru_cache(maxsize=256)
 def compile_template(source: str, *, name: str = "template") -> Any:
-    """Parse a template once; a syntax error names the template and the line."""
+    """Parse a template once; a syntax error or a reach for Python internals names the
+    template and the line. Internals are refused here, before anything renders, so the
+    sandbox's run-time check is a second wall rather than the only one."""
     from jinja2 import TemplateSyntaxError
 
+    env = _environment()
     try:
-        return _environment().from_string(source)
+        _refuse_internals(env.parse(source), name)
+        return env.from_string(source)
     except TemplateSyntaxError as exc:
         raise UserError(f"{name}: Jinja syntax error on line {exc.lineno}: {exc.message}; "
                         "fix the template") from None
+
+
+# Besides dunders and private names: what Jinja's sandbox also blocks at run time.
+_INTERNAL = frozenset({"mro", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
+                       "ag_code", "f_globals", "f_locals", "f_builtins", "tb_frame"})
+
+
+def _refuse_internals(ast: Any, name: str) -> None:
+    """Reject ``x.__class__``, ``x['__globals__']``, ``x|attr('_y')`` and the like."""
+    from jinja2 import nodes
+
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            attr: Any = node.attr
+        elif isinstance(node, nodes.Getitem):
+            attr = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        else:
+            attr = (node.args[0].value if node.name == "attr" and node.args
+                    and isinstance(node.args[0], nodes.Const) else None)
+        if isinstance(attr, str) and (attr.startswith("_") or attr in _INTERNAL):
+            raise UserError(f"{name} line {node.lineno}: unsafe template (it reads {attr!r}, a "
+                            "Python internal); templates may only use the fields and plain "
+                            "Jinja expressions")
 
 
 def render_template(source: str, fields: Mapping[str, Any], *, name: str = "template") -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.config import FewShot, PromptConfig
+from promptsearch.pipelines.config import FewShot, PromptConfig, check_template
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
 from promptsearch.pipelines.parsing import check_parse_steps
@@ -89,11 +89,7 @@ class SearchSpace:
                 raise UserError(f"{where}: unknown template {name!r}; known: "
                                 f"{', '.join([*task.templates, *self.extra_templates])}")
         for template in self.extra_templates.values():
-            unknown = template.fields() - set(task.input_fields)
-            if unknown:
-                raise UserError(f"{where}: template {template.name!r} reads unknown field "
-                                f"{sorted(unknown)[0]!r}; input fields: "
-                                f"{', '.join(task.input_fields)}")
+            check_template(template, task, where=where)
         for k in self.k:
             if not isinstance(k, int) or k < 0:
                 raise UserError(f"{where}: fewshot.k values must be integers >= 0, got {k!r}")
