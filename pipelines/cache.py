@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from promptsearch.pipelines import telemetry
+
 Record = dict[str, Any]
 """``text``, ``prompt_tokens``, ``output_tokens``, ``finish_reason``."""
 
@@ -58,6 +60,8 @@ class GenerationCache:
         hits = sum(r is not None for r in found)
         self.hits += hits
         self.misses += len(keys) - hits
+        telemetry.CACHE_HITS.inc(hits)
+        telemetry.CACHE_MISSES.inc(len(keys) - hits)
         return found
 
     def put_many(self, items: Sequence[tuple[str, Record]]) -> None:
@@ -72,6 +76,9 @@ class GenerationCache:
     def stats(self) -> dict[str, int]:
         return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses}
 
+    def __repr__(self) -> str:
+        return f"GenerationCache({self.directory})"  # Ray's log prefix and dashboard "repr"
+
 
 def start_cache(directory: str | Path) -> Any:
     """The cache actor, on this (the driver's) node, whose disk holds the shards."""
@@ -80,7 +87,8 @@ def start_cache(directory: str | Path) -> Any:
 
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(GenerationCache).options(
-        num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=-1,
+        name=telemetry.actor_name("generation-cache"), num_cpus=0, max_concurrency=1,
+        max_restarts=-1, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
     ).remote(str(directory))
     ray.get(actor.stats.remote())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from promptsearch.pipelines import telemetry
 from promptsearch.pipelines.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class EngineConfig:
     seed: int = 0
     model_id: str = ""
     """Machine-independent identity of the weights (``model_fingerprint``)."""
+    model_name: str = ""
+    """Short name in metrics and the Ray dashboard (vLLM's served model name); no effect on
+    outputs."""
 
     def output_key(self) -> dict[str, Any]:
         """The settings that can change generated text, for content-addressed caching."""
@@ -99,12 +103,18 @@ def _claim_cores(n: int) -> tuple[list[int], IO[str] | None]:
 
 
 class EngineActor:
-    """Ray actor body (wrapped with ``ray.remote`` by ``EnginePool``)."""
+    """Ray actor body (wrapped with ``ray.remote`` by ``EnginePool``).
 
-    def __init__(self, config: EngineConfig) -> None:
+    ``name`` is the actor's name in the Ray dashboard and the ``engine`` tag of its metrics.
+    """
+
+    def __init__(self, config: EngineConfig, name: str = "engine") -> None:
         self.config = config
+        self.name = name
         self.loads = 0
         self.requests = 0
+        self._tags = {"engine": name, "model": config.model_name or config.model}
+        self._depth = {"waiting": 0, "running": 0}
         self._core_lock: IO[str] | None = None
         self.cores: list[int] = []
         if config.device == "cpu":
@@ -115,6 +125,9 @@ class EngineActor:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         self.engine = self._start_engine()
         self.loads += 1
+
+    def __repr__(self) -> str:
+        return self.name  # Ray's log prefix and the dashboard's "repr" column
 
     def _start_engine(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -131,26 +144,33 @@ class EngineActor:
             enable_prefix_caching=True,
             seed=cfg.seed,
             distributed_executor_backend="uni" if cfg.tensor_parallel_size == 1 else "ray",
+            served_model_name=cfg.model_name or None,
+            disable_log_stats=False,  # vLLM's engine metrics, exported below
             **({} if cfg.device == "cpu" else
                {"gpu_memory_utilization": cfg.gpu_memory_utilization}),
         )
-        return AsyncLLM.from_engine_args(args)
+        return AsyncLLM.from_engine_args(args, stat_loggers=_vllm_stat_loggers())
 
     def info(self) -> dict[str, Any]:
-        return {"loads": self.loads, "pid": os.getpid(), "cores": self.cores,
-                "requests": self.requests}
+        return {"name": self.name, "loads": self.loads, "pid": os.getpid(),
+                "cores": self.cores, "requests": self.requests}
 
     async def generate(self, batch: list[tuple[list[int], Sampling]]) -> list[Generation]:
         """Generate every (token ids, sampling) pair concurrently; errors stay per row."""
         self.requests += len(batch)
-        return list(await asyncio.gather(*(self._one(ids, s) for ids, s in batch)))
+        gens = list(await asyncio.gather(*(self._one(ids, s) for ids, s in batch)))
+        self._record(gens)
+        return gens
 
     async def _one(self, ids: list[int], sampling: Sampling) -> Generation:
         start = time.perf_counter()
+        state = self._enter("waiting")
         try:
             final = None
             async for out in self.engine.generate(
                     {"prompt_token_ids": ids}, sampling.to_vllm(), request_id=uuid.uuid4().hex):
+                if final is None:
+                    state = self._enter("running", state)
                 final = out
             assert final is not None
             completion = final.outputs[0]
@@ -159,9 +179,39 @@ class EngineActor:
         except Exception as exc:  # one bad request must not fail the batch
             return Generation("", len(ids), 0, "error", time.perf_counter() - start,
                               error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._enter(None, state)
+
+    def _enter(self, state: str | None, previous: str | None = None) -> str | None:
+        """Move one request between queue states and export the engine's queue depth."""
+        for changed, step in ((previous, -1), (state, 1)):
+            if changed is not None:
+                self._depth[changed] += step
+                telemetry.QUEUE_DEPTH.set(self._depth[changed], state=changed, **self._tags)
+        return state
+
+    def _record(self, gens: list[Generation]) -> None:
+        ok = sum(g.ok for g in gens)
+        telemetry.REQUESTS.inc(ok, status="ok", **self._tags)
+        telemetry.REQUESTS.inc(len(gens) - ok, status="error", **self._tags)
+        telemetry.PROMPT_TOKENS.inc(sum(g.prompt_tokens for g in gens), **self._tags)
+        telemetry.GENERATED_TOKENS.inc(sum(g.output_tokens for g in gens), **self._tags)
+        for g in gens:
+            telemetry.REQUEST_SECONDS.observe(g.seconds, **self._tags)
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             self.engine.shutdown()
         if self._core_lock is not None:
             self._core_lock.close()
+
+
+def _vllm_stat_loggers() -> list[Any] | None:
+    """vLLM's Prometheus metrics recorded through Ray, so each node's metrics agent exports
+    them (as ``ray_vllm_...``); without this they stay in the actor's own registry."""
+    try:
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    except ImportError as exc:
+        log.warning("vLLM engine metrics are not exported: %s", exc)
+        return None
+    return [RayPrometheusStatLogger]

@@ -17,6 +17,7 @@ from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
 from promptsearch.pipelines.errors import UserError, last_line
 from promptsearch.pipelines.models import DEFAULT_MODEL, cache_dir, model_fingerprint, resolve_model
 from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.telemetry import actor_name
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ Messages = list[dict[str, str]]
 Request = str | Messages
 """A plain prompt, or chat messages rendered with the model's chat template."""
 Progress = Callable[[int, int], None]
-"""Called with (rows finished, output tokens) after each chunk."""
+"""Called with (rows finished, output tokens) after each chunk. If it has a ``label`` (as
+``search.progress.ProgressLine`` does), the engine calls show it in the Ray dashboard."""
 
 
 class EngineStartError(UserError):
@@ -85,7 +87,8 @@ class EnginePool:
         self.model_name = model
         resolved = resolve_model(model)
         self.config = EngineConfig(
-            model=resolved, model_id=model_fingerprint(model, resolved), device=device,
+            model=resolved, model_id=model_fingerprint(model, resolved),
+            model_name=_short_name(model), device=device,
             max_model_len=max_model_len,
             dtype=dtype, tensor_parallel_size=tensor_parallel_size,
             cpus_per_engine=cpus_per_engine, kv_cache_gib=kv_cache_gib,
@@ -144,8 +147,9 @@ class EnginePool:
             options["num_cpus"] = 0
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 pg, placement_group_capture_child_tasks=True)
+        name = actor_name(f"engine-{index}:{cfg.model_name}")
         actor_cls = ray.remote(EngineActor)
-        return actor_cls.options(**options).remote(cfg)
+        return actor_cls.options(name=name, **options).remote(cfg, name)
 
     # -- state across processes -----------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -231,12 +235,17 @@ class EnginePool:
         for chunk in _chunks(todo, self.chunk_tokens):
             queue.put_nowait(chunk)
         done = [len(items) - len(todo), 0]
+        label = getattr(progress, "label", None)
+        call = {"name": f"generate[{label}]"} if label else {}
+        if progress is not None and done[0]:
+            progress(done[0], 0)  # cached rows: reported even when no engine call follows
 
         async def worker(actor: Any) -> None:
             while not queue.empty():
                 chunk = queue.get_nowait()
                 try:
-                    gens = await actor.generate.remote([(it.ids, it.sampling) for it in chunk])
+                    gens = await actor.generate.options(**call).remote(
+                        [(it.ids, it.sampling) for it in chunk])
                 except Exception as exc:  # the engine died for good: fail these rows only
                     gens = [_failed(len(it.ids), f"engine failed: {exc}") for it in chunk]
                 for it, gen in zip(chunk, gens, strict=True):
@@ -249,8 +258,9 @@ class EnginePool:
                 if progress is not None:
                     progress(done[0], done[1])
 
-        await asyncio.gather(*(worker(a) for a in self._actors
-                               for _ in range(self.chunks_in_flight)))
+        # interleaved, so that a call of only a few chunks still spreads over the engines
+        await asyncio.gather(*(worker(a) for _ in range(self.chunks_in_flight)
+                               for a in self._actors))
         first: dict[str, int] = {}
         for item in items:  # duplicates within this call share the first one's generation
             first.setdefault(item.key, item.index)
@@ -287,7 +297,7 @@ class EnginePool:
 
         for actor in self._actors:
             with contextlib.suppress(Exception):
-                ray.get(actor.shutdown.remote(), timeout=30)
+                ray.get(actor.shutdown.options(max_task_retries=0).remote(), timeout=30)
             ray.kill(actor, no_restart=True)
         self._actors = []
         if self._cache is not None:
@@ -302,6 +312,12 @@ class EnginePool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _short_name(model: str) -> str:
+    """An embedded name or hub id as given; a local directory by its last part."""
+    path = Path(model)
+    return path.name if path.is_dir() else model
 
 
 @functools.lru_cache(maxsize=4)
