@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from tests.conftest import REPO, engine_core_pids, run_cli
 
 TOKEN = "test-token"
@@ -42,9 +43,10 @@ class Server:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=2).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # proxy up, app deploying
                 pass
             time.sleep(2)
+        self.stop()
         raise TimeoutError("server did not become healthy")
 
     def stop(self) -> int:
@@ -56,9 +58,7 @@ class Server:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) search with the chat model, so the OpenAI chat endpoint works too."""
     run_dir = tmp_path_factory.mktemp("served") / "run"
-    result = run_cli("run", "--task", "qa", "--model", "smollm2-135m-instruct", "--trials", "2",
-                     "--chunks", "1", "--max-validation", "4", "--max-test", "8",
-                     "--out", str(run_dir))
+    result = run_cli("run", *RUN_ARGS, "--out", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -167,3 +167,37 @@ def test_auth_off_and_shutdown_leaves_nothing_running(finished_run: Path) -> Non
     assert not (engine_core_pids() - before)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{srv.url}/healthz", timeout=2)
+
+
+# Ray Serve admits max_ongoing + max_queued requests at once; with at most max_queued clients
+# the queue can never be full, so no request may be turned away.
+ONGOING, QUEUED = 1, 4
+
+
+@pytest.fixture(scope="module")
+def small_server(finished_run: Path) -> Iterator[Server]:
+    srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
+                 "--max-queued-requests", str(QUEUED))
+    yield srv
+    srv.stop()
+
+
+def test_load_ramp_below_capacity_answers_everything(small_server: Server,
+                                                     finished_run: Path) -> None:
+    _, bodies = task_bodies(finished_run)
+    steps = [run_step(small_server.url + "/v1/qa", bodies, c, 4) for c in (1, 2, QUEUED)]
+    for step in steps:
+        assert step.ok > 0 and step.errors == 0 and step.rejected == 0, step
+        assert step.statuses == {"200": step.ok}, step
+
+
+def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Server,
+                                                               finished_run: Path) -> None:
+    _, bodies = task_bodies(finished_run)
+    step = run_step(small_server.url + "/v1/qa", bodies, 4 * (ONGOING + QUEUED), 6)
+    assert set(step.statuses) == {"200", "503"} and step.errors == 0, step
+    assert step.ok > 0 and step.rejected > 0, step
+    assert "max_queued_requests" in step.reject_sample["body"], step.reject_sample
+    assert requests.get(small_server.url + "/healthz", timeout=10).json()["status"] == "ok"
+    answer = _post(small_server, "/v1/qa", bodies[0], token=None)
+    assert answer.status_code == 200 and isinstance(answer.json()["output"], str), answer.text
