@@ -26,6 +26,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files of ``atomic_path`` that a killed process left behind."""
+    for stale in directory.rglob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

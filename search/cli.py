@@ -11,7 +11,10 @@ from typing import Any
 import click
 
 from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.tasks import TASK_NAMES
 from promptsearch.search.runtime import engine_options, engine_pool
+
+TASK_CHOICE = click.Choice(TASK_NAMES)
 
 
 class _Group(click.Group):
@@ -161,7 +164,7 @@ field_option = click.option("--field", "fields", multiple=True, metavar="CANONIC
 
 
 @main.command()
-@click.option("--task", "task_name", required=True, help="qa, summary or instruct.")
+@click.option("--task", "task_name", required=True, type=TASK_CHOICE)
 @click.option("--predictions", required=True, type=click.Path(path_type=Path),
               help="JSONL or Parquet rows with id and output.")
 @click.option("--references", type=click.Path(path_type=Path),
@@ -188,7 +191,7 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
 
 
 @main.command(name="eval")
-@click.option("--task", "task_name", required=True, help="qa, summary or instruct.")
+@click.option("--task", "task_name", required=True, type=TASK_CHOICE)
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Prompt configuration (best.yaml of a run) [default: the task's baseline].")
 @click.option("--split", type=click.Choice(["validation", "test"]), default="validation",
@@ -214,6 +217,7 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     from promptsearch.pipelines.tasks import load_task
     from promptsearch.pipelines.writers import write_json, write_table
     from promptsearch.search.progress import ProgressLine
+    from promptsearch.search.run import check_config_fits, load_tokenizer
 
     task = load_task(task_name)
     config = PromptConfig.load(config_path) if config_path else PromptConfig.baseline(task)
@@ -222,12 +226,16 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     data_splits = load_task_data(task, data, seed=seed, field_map=_field_map(fields),
                                  max_validation=max_examples, max_test=max_examples)
     examples = data_splits.split(split)
-    config.check(task, where=str(config_path or "baseline"),
-                 pool_size=len(demo_pool(task, data_splits.fewshot)))
+    where = str(config_path or "baseline")
+    config.check(task, where=where, pool_size=len(demo_pool(task, data_splits.fewshot)))
     out = out or Path("runs") / f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
+    tokenizer = load_tokenizer(engine["model"])
+    config.check(task, where=where, has_chat_template=tokenizer.chat_template is not None)
+    check_config_fits(task, config, examples, data_splits.fewshot, tokenizer=tokenizer,
+                      max_model_len=engine["max_model_len"], where=data_splits.source)
     with engine_pool(verbose=ctx.obj["verbose"], **engine) as pool:
-        config.check(task, where=str(config_path or "baseline"),
-                     has_chat_template=pool.has_chat_template)
         result = evaluate(task, config, examples, pool=pool, fewshot=data_splits.fewshot,
                           progress=ProgressLine(f"eval {split}", len(examples)))
     parquet, jsonl = write_table(out / "predictions" / split, result.rows)
@@ -241,7 +249,7 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
 
 
 @main.command()
-@click.option("--task", "task_name", help="qa, summary or instruct.")
+@click.option("--task", "task_name", type=TASK_CHOICE)
 @click.option("--data", help="Dataset file or directory of split files [default: bundled].")
 @click.option("--space", type=click.Path(path_type=Path),
               help="Search space YAML [default: the task's].")
@@ -249,22 +257,32 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
 @click.option("--time-budget", type=click.FloatRange(min=1), help="Seconds for the search.")
 @click.option("--seed", default=0, show_default=True, help="Seeds TPE and the split rule.")
 @click.option("--chunks", default=4, show_default=True, type=click.IntRange(1),
-              help="Validation chunks (ASHA rungs).")
+              help="Validation chunks (the rungs of early stopping).")
+@click.option("--scheduler", default="halving", show_default=True,
+              type=click.Choice(["halving", "asha"]),
+              help="Early stopping: synchronous successive halving, or ASHA for many "
+                   "concurrent trials.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Trials at once; above 1 the trial sequence depends on timing.")
+@click.option("--trial-retries", default=1, show_default=True, type=click.IntRange(0),
+              help="Retries of a trial that failed (from its last chunk); then it is "
+                   "recorded as failed, never scored 0.")
 @click.option("--max-validation", type=click.IntRange(1), help="Use the first N validation rows.")
 @click.option("--max-test", type=click.IntRange(1), help="Use the first N test rows.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory [default: runs/TASK-TIMESTAMP].")
-@click.option("--force", is_flag=True, help="Replace --out even if it holds something.")
+@click.option("--force", is_flag=True,
+              help="Use --out even if it holds something: a previous run there is deleted, "
+                   "other files are kept.")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Finish an interrupted run: replays it from run.yaml and the cache.")
 @engine_options
 @click.pass_context
 def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path | None,
-        trials: int, time_budget: float | None, seed: int, chunks: int, concurrency: int,
-        max_validation: int | None, max_test: int | None, out: Path | None, force: bool,
-        resume: Path | None, **engine: Any) -> None:
+        trials: int, time_budget: float | None, seed: int, chunks: int, scheduler: str,
+        concurrency: int, trial_retries: int, max_validation: int | None,
+        max_test: int | None, out: Path | None, force: bool, resume: Path | None,
+        **engine: Any) -> None:
     """Search prompt configurations on validation, then run the best one on test."""
     from promptsearch.search.run import RunSpec, execute_run, plan_run, prepare_run_dir
 
@@ -277,9 +295,10 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
         if task_name is None:
             raise UserError("--task is required (qa, summary or instruct), or --resume RUN_DIR")
         spec = RunSpec(task=task_name, data=data, space=str(space) if space else None,
-                       trials=trials, seed=seed, chunks=chunks, concurrency=concurrency,
-                       time_budget_s=time_budget, max_validation=max_validation,
-                       max_test=max_test, **engine)
+                       trials=trials, seed=seed, chunks=chunks, scheduler=scheduler,
+                       concurrency=concurrency, trial_retries=trial_retries,
+                       time_budget_s=time_budget,
+                       max_validation=max_validation, max_test=max_test, **engine)
         plan = plan_run(spec)
         run_dir = prepare_run_dir(out, task_name, force=force)
     click.echo(f"run directory: {run_dir}", err=True)

@@ -109,7 +109,7 @@ def write_report(run_dir: Path, result: SearchResult, summary: dict[str, Any],
     trials = summary["trials"]
     lines += ["", "## Cost", "",
               f"{trials['run']} trials ({trials['complete']} complete, {trials['pruned']} pruned "
-              f"by ASHA, {trials['error']} failed); {summary['generations']} generations, "
+              f"early, {trials['error']} failed); {summary['generations']} generations, "
               f"{summary['cache']['hits']} cache hits; wall time {summary['wall_seconds']:.0f} s.",
               ""]
     if plots:

@@ -16,11 +16,13 @@ the run finished)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,15 @@ from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.prompts import demo_pool
 from promptsearch.pipelines.taskdata import TaskData, load_task_data
 from promptsearch.pipelines.tasks import TASK_DIR, load_task
-from promptsearch.pipelines.writers import write_json, write_parquet, write_table, write_text
+from promptsearch.pipelines.writers import (
+    remove_stale_temporaries,
+    write_json,
+    write_parquet,
+    write_table,
+    write_text,
+)
 from promptsearch.search.driver import PromptSearch, SearchResult
+from promptsearch.search.halving import planned_chunk_runs
 from promptsearch.search.report import write_plots, write_report
 from promptsearch.search.space import SearchSpace
 
@@ -52,6 +61,8 @@ class RunSpec:
     seed: int = 0
     chunks: int = 4
     concurrency: int = 1
+    scheduler: str = "halving"
+    trial_retries: int = 1
     time_budget_s: float | None = None
     engines: int | None = None
     cpus_per_engine: int = 1
@@ -69,6 +80,9 @@ class RunSpec:
             raise UserError(f"--resume {run_dir}: no run.yaml there; pass the directory of a "
                             "run started by 'promptsearch run'")
         data = read_yaml(path)
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+            raise UserError(f"{path}: not a run.yaml written by 'promptsearch run' (it needs a "
+                            "mapping with a 'task' field); pass the directory of a run")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -83,16 +97,24 @@ class RunSpec:
 
 
 def prepare_run_dir(out: Path | None, task: str, *, force: bool) -> Path:
-    """A new run directory; refuse to overwrite anything that is not ours unless forced."""
+    """A new run directory; refuse to write where anything is unless forced.
+
+    ``force`` deletes a previous run there; a directory that is not a run keeps its files
+    (the run's files are added beside them), so a mistyped ``--out . --force`` costs nothing.
+    """
     run_dir = out or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: exists and is not a directory; choose another path")
     if run_dir.exists() and any(run_dir.iterdir()):
-        if (run_dir / "run.yaml").is_file() and not force:
+        is_run = (run_dir / "run.yaml").is_file()
+        if is_run and not force:
             raise UserError(f"--out {run_dir}: already holds a run; use --resume {run_dir} to "
                             "finish it, or --force to start over")
         if not force:
             raise UserError(f"--out {run_dir}: exists and is not a promptsearch run; choose "
-                            "another directory or pass --force")
-        shutil.rmtree(run_dir)
+                            "another directory or pass --force to write the run into it")
+        if is_run:
+            shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -110,7 +132,8 @@ class RunPlan:
 
 
 def plan_run(spec: RunSpec, run_dir: Path | None = None) -> RunPlan:
-    """Load and check every input (task, data, space, few-shot pool) before anything runs."""
+    """Load and check every input (task, data, space, few-shot pool, model, prompt lengths)
+    before anything runs: bad input must not cost an engine start."""
     task = load_task(spec.task)
     data = load_task_data(task, spec.data, seed=spec.seed, max_validation=spec.max_validation,
                           max_test=spec.max_test)
@@ -124,72 +147,161 @@ def plan_run(spec: RunSpec, run_dir: Path | None = None) -> RunPlan:
     if too_big:
         raise UserError(f"{source}: fewshot.k={max(too_big)} but the few-shot pool has only "
                         f"{len(fewshot)} examples with answers")
+    tokenizer = load_tokenizer(spec.model)
+    runnable = space if tokenizer.chat_template is not None else space.without_chat(task)
+    check_prompts_fit(task, runnable, [*data.validation, *data.test], fewshot,
+                      tokenizer=tokenizer, max_model_len=spec.max_model_len,
+                      where=data.source)
     return RunPlan(spec=spec, task=task, data=data, space=space,
                    space_text=source.read_text(encoding="utf-8"), fewshot=fewshot)
 
 
-def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False) -> dict[str, Any]:
-    """The whole job; safe to call again on the same directory (a replay from the cache)."""
+def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
+                pool: EnginePool | None = None) -> dict[str, Any]:
+    """The whole job; safe to call again on the same directory (a replay from the cache).
+
+    ``pool``: an engine pool to use and leave running (the tests' session pool), instead of
+    starting one for this run.
+    """
     from promptsearch.search.progress import ProgressLine, trial_progress
     from promptsearch.search.runtime import init_ray
 
     started = time.perf_counter()
     spec, task, data, fewshot = plan.spec, plan.task, plan.data, plan.fewshot
+    remove_stale_temporaries(run_dir)  # a driver killed mid-write leaves them
+
+    def line(config: str, split: str, rows: int) -> ProgressLine:
+        return ProgressLine(f"{config} on {split}", rows, final_run={
+            "task": task.name, "model": spec.model, "split": split, "config": config})
+
     write_text(run_dir / "space.yaml", plan.space_text)
     spec.save(run_dir)
     searcher = PromptSearch(trials=spec.trials, concurrency=spec.concurrency,
-                            chunks=spec.chunks, seed=spec.seed, time_budget_s=spec.time_budget_s)
+                            chunks=spec.chunks, seed=spec.seed, time_budget_s=spec.time_budget_s,
+                            scheduler=spec.scheduler, max_failures=spec.trial_retries)
     init_ray(verbose=verbose)
-    with EnginePool(spec.model, engines=spec.engines, cpus_per_engine=spec.cpus_per_engine,
-                    tensor_parallel_size=spec.tensor_parallel_size,
-                    max_model_len=spec.max_model_len, cache=True) as pool:
+    with _engine_pool(spec, pool) as pool:
         space = plan.space if pool.has_chat_template else plan.space.without_chat(task)
-        check_prompts_fit(task, space, data.validation, fewshot, pool)
+        check_prompts_fit(task, space, [*data.validation, *data.test], fewshot,
+                          tokenizer=pool.tokenizer, max_model_len=pool.config.max_model_len)
         print_budget(spec, space, data.validation, pool)
         result = searcher.search(task, space=space, validation=data.validation,
                                  fewshot=fewshot, pool=pool, run_dir=run_dir,
-                                 callbacks=[trial_progress(spec.trials, spec.chunks)])
+                                 callbacks=[trial_progress(spec.trials, spec.chunks,
+                                                           task=task.name, model=spec.model)])
         final = {
             "validation": evaluate(task, result.best_config, data.validation, pool=pool,
                                    fewshot=fewshot,
-                                   progress=ProgressLine("best on validation",
-                                                         len(data.validation))),
+                                   progress=line("best", "validation", len(data.validation))),
             "test": evaluate(task, result.best_config, data.test, pool=pool, fewshot=fewshot,
-                             progress=ProgressLine("best on test", len(data.test))),
+                             progress=line("best", "test", len(data.test))),
         }
         baseline_test = None
         if has_references(task, data.test):
             baseline_test = evaluate(task, result.baseline_config, data.test, pool=pool,
                                      fewshot=fewshot,
-                                     progress=ProgressLine("baseline on test", len(data.test)))
+                                     progress=line("baseline", "test", len(data.test)))
         cache = pool.cache_stats()
     return write_outputs(run_dir, spec, task, data.source, result, final, baseline_test,
                          cache, time.perf_counter() - started)
 
 
-def check_prompts_fit(task: Any, space: SearchSpace, validation: list[dict[str, Any]],
-                      fewshot: list[dict[str, Any]], pool: EnginePool) -> None:
-    """Every template with the largest k must fit the context on the longest example."""
+@contextlib.contextmanager
+def _engine_pool(spec: RunSpec, pool: EnginePool | None) -> Iterator[EnginePool]:
+    """``pool`` if given (its owner shuts it down), else a new one for this run."""
+    if pool is not None:
+        yield pool
+        return
+    with EnginePool(spec.model, engines=spec.engines, cpus_per_engine=spec.cpus_per_engine,
+                    tensor_parallel_size=spec.tensor_parallel_size,
+                    max_model_len=spec.max_model_len, cache=True) as own:
+        yield own
+
+
+def load_tokenizer(model: str) -> Any:
+    """``--model``'s tokenizer on the driver, to check it and size prompts before any engine
+    starts (the pool reuses it: same resolved path, same process cache)."""
+    from promptsearch.pipelines.errors import one_line
+    from promptsearch.pipelines.models import resolve_model
+    from promptsearch.pipelines.pool import _load_tokenizer
+
+    resolved = resolve_model(model)
+    try:
+        return _load_tokenizer(resolved)
+    except Exception as exc:
+        raise UserError(f"--model {model}: cannot load its tokenizer ({one_line(exc)}); point "
+                        "it at a Hugging Face model directory with tokenizer files") from None
+
+
+def count_tokens(tokenizer: Any, requests: list[Any]) -> list[int]:
+    """Prompt tokens as the engine will see them (``EnginePool.tokenize``, batched)."""
+    texts = [r if isinstance(r, str) else
+             tokenizer.apply_chat_template(r, tokenize=False, add_generation_prompt=True)
+             for r in requests]
+    plain = [isinstance(r, str) for r in requests]
+    counts = [0] * len(texts)
+    for special in (True, False):
+        idx = [i for i, p in enumerate(plain) if p is special]
+        if idx:
+            ids = tokenizer([texts[i] for i in idx], add_special_tokens=special).input_ids
+            for i, row in zip(idx, ids, strict=True):
+                counts[i] = len(row)
+    return counts
+
+
+def check_prompts_fit(task: Any, space: SearchSpace, examples: list[dict[str, Any]],
+                      fewshot: list[dict[str, Any]], *, tokenizer: Any, max_model_len: int,
+                      where: str = "search space") -> None:
+    """Every prompt the space can make must fit the context with room for ``max_tokens``.
+
+    Per template (and chat setting): the example whose query is longest in tokens, with the
+    largest k and the longest demos, plus the largest max_tokens. Rendering each template
+    here also surfaces a template error before any trial.
+    """
     from promptsearch.pipelines.config import FewShot
     from promptsearch.pipelines.prompts import render_requests
 
-    longest = max(validation, key=lambda e: sum(len(str(e.get(f, "")))
-                                                for f in task.input_fields))
-    k = max(space.k)
+    k, max_tokens = max(space.k), max(space.max_tokens)
+    demos = _longest_first(task, fewshot)
     for name in space.templates:
-        config = space.to_config(task, {"template": name, "k": 0, "temperature": 0.0,
-                                        "max_tokens": max(space.max_tokens),
-                                        "repetition_penalty": 1.0,
-                                        "stop": next(iter(space.stop)),
-                                        "parse": next(iter(space.parse)), "chat": False})
-        config = config.replace(fewshot=FewShot(k=k, selector="first"))
-        request = render_requests(task, config, [longest], _longest_first(task, fewshot))[0]
-        tokens = len(pool.tokenize(request)) + config.sampling.max_tokens
-        if tokens > pool.config.max_model_len:
-            raise UserError(f"search space: template {name!r} with k={k} needs {tokens} tokens "
-                            f"on the longest example but the context is "
-                            f"{pool.config.max_model_len}; lower fewshot.k or raise "
-                            "--max-model-len")
+        for chat in sorted(set(space.chat)):
+            config = space.to_config(task, {"template": name, "k": 0, "temperature": 0.0,
+                                            "max_tokens": max_tokens, "repetition_penalty": 1.0,
+                                            "stop": next(iter(space.stop)),
+                                            "parse": next(iter(space.parse)), "chat": chat})
+            queries = count_tokens(tokenizer, render_requests(task, config, examples, []))
+            longest = examples[max(range(len(examples)), key=queries.__getitem__)]
+            config = config.replace(fewshot=FewShot(k=k, selector="first"))
+            request = render_requests(task, config, [longest], demos)[0]
+            prompt = count_tokens(tokenizer, [request])[0]
+            if prompt + max_tokens > max_model_len:
+                shot = f" and k={k} demos" if k else ""
+                via = " through the chat template" if chat else ""
+                raise UserError(
+                    f"{where}: example {task.example_id(longest)} with template {name!r}{shot}"
+                    f"{via} needs {prompt + max_tokens} tokens ({prompt} prompt + "
+                    f"{max_tokens} max_tokens) but the context is {max_model_len}; shorten the "
+                    "example, lower fewshot.k or max_tokens in the search space, or raise "
+                    "--max-model-len")
+
+
+def check_config_fits(task: Any, config: Any, examples: list[dict[str, Any]],
+                      fewshot: list[dict[str, Any]], *, tokenizer: Any, max_model_len: int,
+                      where: str) -> None:
+    """Every prompt of one configuration (its own demos per example) must fit the context
+    with room for ``max_tokens``: ``eval``'s check, made before any engine starts."""
+    from promptsearch.pipelines.prompts import render_requests
+
+    counts = count_tokens(tokenizer, render_requests(task, config, examples, fewshot))
+    worst = max(range(len(examples)), key=counts.__getitem__)
+    max_tokens = config.sampling.max_tokens
+    if counts[worst] + max_tokens > max_model_len:
+        raise UserError(
+            f"{where}: example {task.example_id(examples[worst])} needs "
+            f"{counts[worst] + max_tokens} tokens ({counts[worst]} prompt + {max_tokens} "
+            f"max_tokens) with template {config.template!r} but the context is "
+            f"{max_model_len}; shorten the example, lower fewshot.k or max_tokens, or raise "
+            "--max-model-len")
 
 
 def _longest_first(task: Any, pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,10 +312,14 @@ def print_budget(spec: RunSpec, space: SearchSpace, validation: list[dict[str, A
                  pool: EnginePool) -> None:
     max_tokens = max(space.max_tokens)
     gens = spec.trials * len(validation)
+    plan = ""
+    if spec.scheduler == "halving":
+        chunks = min(spec.chunks, len(validation))
+        planned = planned_chunk_runs(spec.trials, chunks, PromptSearch.reduction_factor)
+        plan = f"successive halving plans ~{round(planned * len(validation) / chunks)}; "
     print(f"budget: {spec.trials} trials x {len(validation)} validation examples = at most "
           f"{gens} generations (~{gens * max_tokens} output tokens at max_tokens={max_tokens}); "
-          f"ASHA over {spec.chunks} chunks and the cache cut this; {pool.engines} engine(s)",
-          file=sys.stderr, flush=True)
+          f"{plan}the cache cuts repeats; {pool.engines} engine(s)", file=sys.stderr, flush=True)
 
 
 def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: SearchResult,

@@ -2,12 +2,17 @@
 
 After each chunk the trial reports the score over every row seen so far (a running value of
 the split-level metric), so that when ASHA stops a trial early the value Optuna records is
-comparable with a finished trial's.
+comparable with a finished trial's. Each report carries a checkpoint (chunks done, counts), so
+a trial that the scheduler pauses at a rung, or that fails, resumes where it stopped: the rows
+of its finished chunks are read back from the generation cache, not generated again.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.evaluate import evaluate
@@ -34,14 +39,34 @@ def run_trial(params: dict[str, Any], *, pool: EnginePool, task_name: str, space
 
     task = load_task(task_name)
     config = space.to_config(task, params)
+    state = _restore() or {"chunk": 0, "totals": {
+        "generations": 0, "cached": 0, "prompt_tokens": 0, "output_tokens": 0}}
+    totals = state["totals"]
     rows: list[dict[str, Any]] = []
-    totals = {"generations": 0, "cached": 0, "prompt_tokens": 0, "output_tokens": 0}
-    for number, chunk in enumerate(chunks, start=1):
-        result = evaluate(task, config, chunk, pool=pool, fewshot=fewshot)
+    for done in chunks[:state["chunk"]]:  # a resumed trial: its rows come from the cache
+        rows += evaluate(task, config, done, pool=pool, fewshot=fewshot).rows
+    for number in range(state["chunk"] + 1, len(chunks) + 1):
+        result = evaluate(task, config, chunks[number - 1], pool=pool, fewshot=fewshot)
         rows += result.rows
         running = task.aggregate(rows)
         for key in totals:
             totals[key] += getattr(result, key)
-        tune.report({"score": running[task.primary_metric], "chunk": number,
-                     "chunk_score": result.metrics[task.primary_metric],
-                     **{f"metric/{m}": v for m, v in running.items()}, **totals})
+        metrics = {"score": running[task.primary_metric], "chunk": number,
+                   "chunk_score": result.metrics[task.primary_metric],
+                   **{f"metric/{m}": v for m, v in running.items()}, **totals}
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / _STATE).write_text(json.dumps({"chunk": number, "totals": totals}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+_STATE = "trial_state.json"
+
+
+def _restore() -> dict[str, Any] | None:
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return json.loads((Path(directory) / _STATE).read_text())

@@ -1,4 +1,4 @@
-"""`promptsearch run`: Ray Tune + Optuna + ASHA on the real engine, end to end through the CLI."""
+"""`promptsearch run`: Ray Tune + Optuna + early stopping on the real engine, end to end through the CLI."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) 
     assert summary["cache"]["misses"] == 0  # nothing generated again
 
 
-def test_asha_stops_a_clearly_bad_configuration_early(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheduler", ["halving", "asha"])
+def test_early_stopping_stops_a_clearly_bad_configuration(tmp_path: Path, scheduler: str) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({
         "templates": ["jglue-extract"],
@@ -115,7 +116,7 @@ def test_asha_stops_a_clearly_bad_configuration_early(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli("run", "--task", "qa", "--space", str(space), "--trials", "8",
                      "--chunks", "4", "--max-validation", "16", "--max-test", "4",
-                     "--max-model-len", "2048", "--out", str(run_dir))
+                     "--scheduler", scheduler, "--max-model-len", "2048", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
     pruned = [r for r in rows if r["state"] == "pruned"]
@@ -123,6 +124,24 @@ def test_asha_stops_a_clearly_bad_configuration_early(tmp_path: Path) -> None:
     assert all(len(r["chunk_scores"]) < 4 for r in pruned)
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["sampling"]["max_tokens"] == 32
+    if scheduler == "halving":
+        # One bracket of 8 cut by 3 at chunks 1 and 3: 8 trials run chunk 1, the best 3 of
+        # them (by their chunk-1 score) run to chunk 3, the best of those finishes.
+        assert sorted(len(r["chunk_scores"]) for r in rows) == [1, 1, 1, 1, 1, 3, 3, 4]
+        promoted = [r for r in rows if len(r["chunk_scores"]) >= 3]
+        stopped = [r for r in rows if len(r["chunk_scores"]) == 1]
+        assert min(r["chunk_scores"][0] for r in promoted) >= \
+            max(r["chunk_scores"][0] for r in stopped)
+        finalist = max(promoted, key=lambda r: len(r["chunk_scores"]))
+        others = [r for r in promoted if r is not finalist]
+        assert finalist["score"] is not None
+        assert all(_running(finalist, 3) >= _running(r, 3) for r in others)
+
+
+def _running(row: dict, chunks: int) -> float:
+    """The running score after ``chunks`` chunks (equal-size chunks: the mean of chunk scores
+    for a mean metric such as char_f1)."""
+    return sum(row["chunk_scores"][:chunks]) / chunks
 
 
 @pytest.mark.parametrize(("space", "message"), [

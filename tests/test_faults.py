@@ -1,0 +1,200 @@
+"""Faults injected for real into a running search: a killed engine process, a killed trial
+process, a killed driver. The run must finish with the result of an unfaulted run.
+
+Every run here has its own empty generation cache (prepared models are shared), so that
+engines really generate while the faults hit them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+from tests.conftest import REPO, engine_core_pids, run_cli
+
+ARGS = ["run", "--task", "qa", "--trials", "4", "--chunks", "2", "--max-validation", "8",
+        "--max-test", "6", "--seed", "5", "--max-model-len", "2048"]
+
+
+def _own_cache(directory: Path) -> dict[str, str]:
+    """Environment for runs with an empty generation cache in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "models").symlink_to(cache_dir() / "models")
+    return {CACHE_ENV: str(directory)}
+
+
+def _trials(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "trials.parquet").to_pylist()
+
+
+def _descendant(root: int, title: str) -> psutil.Process | None:
+    """The process under ``root`` whose title (Ray sets ``ray::Actor.method``) has ``title``."""
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            if title in " ".join(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, **_own_cache(out.parent / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "promptsearch.search", *ARGS, *extra,
+                             "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+
+
+def _run_and_kill(out: Path, when: Callable[[str], bool], title: str, *extra: str,
+                  ) -> tuple[subprocess.Popen[str], int]:
+    """Start a run, SIGKILL the process titled ``title`` once a progress line satisfies
+    ``when``, and let the run go on. Returns the run and the killed pid."""
+    proc = _start(out, *extra)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        if when(line) or time.monotonic() > deadline:
+            break
+    victim = None
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        victim = _descendant(proc.pid, title)
+        time.sleep(0.05)
+    assert victim is not None, f"no process titled {title!r} under the run"
+    victim.kill()
+    victim.wait(timeout=30)
+    return proc, victim.pid
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    rest = proc.stderr.read()
+    proc.wait(timeout=900)
+    assert proc.returncode == 0, rest[-3000:]
+    return rest
+
+
+@pytest.fixture(scope="module")
+def unfaulted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("faults") / "unfaulted"
+    result = run_cli(*ARGS, "--out", str(run_dir), env=_own_cache(run_dir.parent / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _same_result(run_dir: Path, reference: Path) -> None:
+    ours, theirs = _trials(run_dir), _trials(reference)
+    assert [t["params"] for t in ours] == [t["params"] for t in theirs]
+    assert [t["state"] for t in ours] == [t["state"] for t in theirs]
+    assert [t["score"] for t in ours] == pytest.approx([t["score"] for t in theirs])
+    assert (run_dir / "best.yaml").read_text() == (reference / "best.yaml").read_text()
+    ours_summary = json.loads((run_dir / "summary.json").read_text())
+    theirs_summary = json.loads((reference / "summary.json").read_text())
+    for key in ("validation", "test"):
+        assert ours_summary["best"][key] == pytest.approx(theirs_summary["best"][key])
+    assert ours_summary["trials"] == theirs_summary["trials"]
+
+
+def test_engine_killed_mid_search_is_restarted_and_nothing_changes(tmp_path: Path,
+                                                                   unfaulted: Path) -> None:
+    before = engine_core_pids()
+    proc, killed = _run_and_kill(tmp_path / "run", lambda line: "trial 2/4" in line,
+                                 "EngineActor")
+    _finish(proc)
+    assert not psutil.pid_exists(killed)
+    _same_result(tmp_path / "run", unfaulted)
+    assert all(t["failures"] == 0 for t in _trials(tmp_path / "run"))  # requests retried
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cache"]["misses"] > 0  # the engines really generated
+    time.sleep(3)
+    assert not (engine_core_pids() - before), "an engine process outlived the run"
+
+
+def test_a_killed_trial_is_retried_from_its_last_chunk(tmp_path: Path, unfaulted: Path) -> None:
+    # ``ImplicitFunc.train``: a trial process in the middle of a chunk
+    proc, _ = _run_and_kill(tmp_path / "run", lambda line: "trial 2/4 chunk 1/2" in line,
+                            "ImplicitFunc.train")
+    _finish(proc)
+    _same_result(tmp_path / "run", unfaulted)
+    assert sum(t["failures"] for t in _trials(tmp_path / "run")) == 1
+
+
+def test_a_trial_that_keeps_failing_is_recorded_as_failed_never_as_zero(tmp_path: Path) -> None:
+    proc, _ = _run_and_kill(tmp_path / "run", lambda line: "trial 2/4 chunk 1/2" in line,
+                            "ImplicitFunc.train", "--trial-retries", "0")
+    _finish(proc)
+    trials = _trials(tmp_path / "run")
+    failed = [t for t in trials if t["state"] == "error"]
+    assert len(failed) == 1 and failed[0]["failures"] == 1
+    assert failed[0]["score"] is None and failed[0]["error"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["trials"]["error"] == 1
+    complete = [t["score"] for t in trials if t["state"] == "complete"]
+    assert summary["best"]["validation"] == pytest.approx(max(complete))
+
+
+@pytest.mark.parametrize("moment", ["final run", "writing outputs"])
+def test_driver_killed_late_resumes_to_the_same_outputs(tmp_path: Path, unfaulted: Path,
+                                                        moment: str) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    assert proc.stderr is not None
+    if moment == "final run":
+        for line in proc.stderr:
+            if line.startswith("best on "):
+                break
+    else:  # the first output file appears: kill while the others are being written
+        deadline = time.monotonic() + 900
+        while not (run_dir / "predictions").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    _consistent(run_dir)
+
+    resumed = run_cli("run", "--resume", str(run_dir), env={CACHE_ENV: str(tmp_path / "cache")})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not _temporaries(run_dir)
+    _same_result(run_dir, unfaulted)
+    for split in ("validation", "test"):
+        assert (run_dir / f"predictions/{split}.jsonl").read_text() == \
+            (unfaulted / f"predictions/{split}.jsonl").read_text()
+    misses = json.loads((run_dir / "summary.json").read_text())["cache"]["misses"]
+    if moment == "writing outputs":
+        assert misses == 0  # everything was generated before the kill
+    else:  # at most the final run's rows that were in flight: the search is not redone
+        assert misses <= 8 + 2 * 6
+
+
+def _temporaries(run_dir: Path) -> list[Path]:
+    return list(run_dir.rglob(".*.tmp"))
+
+
+def _consistent(run_dir: Path) -> None:
+    """Whatever a killed driver left: every output file complete (a killed write leaves only
+    a temporary file, which --resume removes), and no summary.json (written last) unless
+    every output is there."""
+    for path in run_dir.rglob("*.jsonl"):
+        if "tune" in path.parts or "cache" in path.parts:
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            json.loads(line)
+    for path in run_dir.rglob("*.parquet"):
+        if "tune" not in path.parts:
+            pq.read_table(path)
+    for path in run_dir.glob("*.yaml"):
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    if (run_dir / "summary.json").exists():
+        for name in ("best.yaml", "trials.parquet", "predictions/test.parquet"):
+            assert (run_dir / name).exists(), name
