@@ -165,7 +165,9 @@ class PromptSearch:
                 space: SearchSpace, n_chunks: int) -> TrialRecord:
         frame = result.metrics_dataframe
         reports = [] if frame is None or "score" not in frame else frame.to_dict("records")
-        last = reports[-1] if reports else {}
+        # A trial resumed after a pause or a failure has only its later reports in the frame;
+        # its last report carries the whole run of chunk scores.
+        last = dict(result.metrics or {}) if reports else {}
         params = dict(params)
         if result.error is not None:
             state = "error"
@@ -176,7 +178,7 @@ class PromptSearch:
         return TrialRecord(
             number=number, params=params, config=space.to_config(task, params).to_dict(),
             state=state, score=None if state == "error" else last.get("score"),
-            chunk_scores=[r["chunk_score"] for r in reports],
+            chunk_scores=list(last.get("chunk_scores", [])),
             generations=int(last.get("generations", 0)), cached=int(last.get("cached", 0)),
             prompt_tokens=int(last.get("prompt_tokens", 0)),
             output_tokens=int(last.get("output_tokens", 0)),

@@ -39,9 +39,9 @@ def run_trial(params: dict[str, Any], *, pool: EnginePool, task_name: str, space
 
     task = load_task(task_name)
     config = space.to_config(task, params)
-    state = _restore() or {"chunk": 0, "totals": {
+    state = _restore() or {"chunk": 0, "chunk_scores": [], "totals": {
         "generations": 0, "cached": 0, "prompt_tokens": 0, "output_tokens": 0}}
-    totals = state["totals"]
+    totals, chunk_scores = state["totals"], state["chunk_scores"]
     rows: list[dict[str, Any]] = []
     for done in chunks[:state["chunk"]]:  # a resumed trial: its rows come from the cache
         rows += evaluate(task, config, done, pool=pool, fewshot=fewshot).rows
@@ -51,11 +51,13 @@ def run_trial(params: dict[str, Any], *, pool: EnginePool, task_name: str, space
         running = task.aggregate(rows)
         for key in totals:
             totals[key] += getattr(result, key)
+        chunk_scores.append(result.metrics[task.primary_metric])
         metrics = {"score": running[task.primary_metric], "chunk": number,
-                   "chunk_score": result.metrics[task.primary_metric],
+                   "chunk_score": chunk_scores[-1], "chunk_scores": list(chunk_scores),
                    **{f"metric/{m}": v for m, v in running.items()}, **totals}
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / _STATE).write_text(json.dumps({"chunk": number, "totals": totals}))
+            (Path(tmp) / _STATE).write_text(json.dumps(
+                {"chunk": number, "chunk_scores": chunk_scores, "totals": totals}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
