@@ -58,8 +58,9 @@ def test_generate_chat_messages_from_csv_with_the_instruct_model(tmp_path: Path)
 
 def test_ctrl_c_stops_the_engines_and_writes_nothing(tmp_path: Path) -> None:
     source = tmp_path / "many.jsonl"
+    # Several token-budget chunks, so the first progress line comes long before the end.
     source.write_text("".join(json.dumps({"prompt": f"第{i}章。昔々、"}, ensure_ascii=False)
-                              + "\n" for i in range(400)), encoding="utf-8")
+                              + "\n" for i in range(2000)), encoding="utf-8")
     before = engine_core_pids()
     proc = subprocess.Popen([sys.executable, "-m", "promptsearch.search", "generate",
                              str(source), "--max-tokens", "64", "--out", str(tmp_path / "o")],

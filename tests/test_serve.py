@@ -50,7 +50,8 @@ class Server:
         raise TimeoutError("server did not become healthy")
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=120)
 
 
@@ -175,7 +176,10 @@ ONGOING, QUEUED = 1, 4
 
 
 @pytest.fixture(scope="module")
-def small_server(finished_run: Path) -> Iterator[Server]:
+def small_server(finished_run: Path, server: Server) -> Iterator[Server]:
+    # The load tests come last: stop the main server first, since two servers and the test
+    # session's engines do not fit in 24 GB together.
+    server.stop()
     srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
                  "--max-queued-requests", str(QUEUED))
     yield srv
