@@ -163,11 +163,11 @@ class PromptSearch:
     @staticmethod
     def _record(number: int, result: Any, params: dict[str, Any], task: Task,
                 space: SearchSpace, n_chunks: int) -> TrialRecord:
-        frame = result.metrics_dataframe
-        reports = [] if frame is None or "score" not in frame else frame.to_dict("records")
-        # A trial resumed after a pause or a failure has only its later reports in the frame;
-        # its last report carries the whole run of chunk scores.
-        last = dict(result.metrics or {}) if reports else {}
+        # The last report carries the whole run of chunk scores and counts (Tune's metrics
+        # frame would hold only the reports since a trial's last restore).
+        last = dict(result.metrics or {})
+        if "score" not in last:  # died before its first report
+            last = {}
         params = dict(params)
         if result.error is not None:
             state = "error"
