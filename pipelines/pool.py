@@ -184,13 +184,9 @@ class EnginePool:
     def tokenize(self, request: Request) -> list[int]:
         """Token ids the engine will see: the chat template applied for messages, BOS as the
         tokenizer adds it for plain prompts."""
-        tok = self.tokenizer
-        if isinstance(request, str):
-            return tok(request).input_ids
-        if not self.has_chat_template:
+        if not isinstance(request, str) and not self.has_chat_template:
             raise ValueError(f"model {self.model_name} has no chat template; send plain prompts")
-        text = tok.apply_chat_template(request, tokenize=False, add_generation_prompt=True)
-        return tok(text, add_special_tokens=False).input_ids
+        return prompt_token_ids(self.tokenizer, [request])[0]
 
     def generate(
         self,
@@ -318,6 +314,23 @@ def _short_name(model: str) -> str:
     """An embedded name or hub id as given; a local directory by its last part."""
     path = Path(model)
     return path.name if path.is_dir() else model
+
+
+def prompt_token_ids(tokenizer: Any, requests: Sequence[Request]) -> list[list[int]]:
+    """Token ids the engine sees for each request, in one batched call per kind: plain
+    prompts with the tokenizer's special tokens (BOS), chat messages through the chat
+    template (which writes its own)."""
+    texts = [r if isinstance(r, str) else
+             tokenizer.apply_chat_template(r, tokenize=False, add_generation_prompt=True)
+             for r in requests]
+    ids: list[list[int]] = [[] for _ in texts]
+    for plain in (True, False):
+        idx = [i for i, r in enumerate(requests) if isinstance(r, str) is plain]
+        if idx:
+            rows = tokenizer([texts[i] for i in idx], add_special_tokens=plain).input_ids
+            for i, row in zip(idx, rows, strict=True):
+                ids[i] = list(row)
+    return ids
 
 
 @functools.lru_cache(maxsize=4)

@@ -234,19 +234,10 @@ def load_tokenizer(model: str) -> Any:
 
 
 def count_tokens(tokenizer: Any, requests: list[Any]) -> list[int]:
-    """Prompt tokens as the engine will see them (``EnginePool.tokenize``, batched)."""
-    texts = [r if isinstance(r, str) else
-             tokenizer.apply_chat_template(r, tokenize=False, add_generation_prompt=True)
-             for r in requests]
-    plain = [isinstance(r, str) for r in requests]
-    counts = [0] * len(texts)
-    for special in (True, False):
-        idx = [i for i, p in enumerate(plain) if p is special]
-        if idx:
-            ids = tokenizer([texts[i] for i in idx], add_special_tokens=special).input_ids
-            for i, row in zip(idx, ids, strict=True):
-                counts[i] = len(row)
-    return counts
+    """Prompt tokens as the engine will see them."""
+    from promptsearch.pipelines.pool import prompt_token_ids
+
+    return [len(ids) for ids in prompt_token_ids(tokenizer, requests)]
 
 
 def check_prompts_fit(task: Any, space: SearchSpace, examples: list[dict[str, Any]],
