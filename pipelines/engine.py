@@ -111,7 +111,6 @@ class EngineActor:
     def __init__(self, config: EngineConfig, name: str = "engine") -> None:
         self.config = config
         self.name = name
-        self.loads = 0
         self.requests = 0
         self._tags = {"engine": name, "model": config.model_name or config.model}
         self._depth = {"waiting": 0, "running": 0}
@@ -124,7 +123,6 @@ class EngineActor:
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         self.engine = self._start_engine()
-        self.loads += 1
 
     def __repr__(self) -> str:
         return self.name  # Ray's log prefix and the dashboard's "repr" column
@@ -152,7 +150,7 @@ class EngineActor:
         return AsyncLLM.from_engine_args(args, stat_loggers=_vllm_stat_loggers())
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "loads": self.loads, "pid": os.getpid(),
+        return {"name": self.name, "pid": os.getpid(),
                 "cores": self.cores, "requests": self.requests}
 
     async def generate(self, batch: list[tuple[list[int], Sampling]]) -> list[Generation]:

@@ -110,8 +110,10 @@ class EnginePool:
                 self._actors.append(self._create_actor(i))
             ray.get([a.info.options(max_task_retries=0).remote() for a in self._actors],
                     timeout=start_timeout)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C during the start too: no engine left behind
             self.shutdown()
+            if not isinstance(exc, Exception):
+                raise
             raise EngineStartError(_start_error_message(self.config.model, exc)) from None
 
     # -- construction ---------------------------------------------------------------------
@@ -172,8 +174,15 @@ class EnginePool:
         return getattr(self.tokenizer, "chat_template", None) is not None
 
     def load_counts(self) -> list[int]:
-        """How many times each engine has loaded its model in this run (1 when healthy)."""
-        return [info["loads"] for info in self.engine_info()]
+        """How many times each engine has loaded its model in this run (1 when healthy).
+
+        Read from Ray's record of actor restarts: a restarted engine loads its model again
+        in a fresh process, which cannot remember the loads of the process it replaces. The
+        record is read from the GCS itself, because the public state API needs the dashboard,
+        which not every cluster runs."""
+        from ray._private.state import actors
+
+        return [1 + actors(actor_id=a._actor_id.hex())["NumRestarts"] for a in self._actors]
 
     def engine_info(self) -> list[dict[str, Any]]:
         import ray
@@ -225,10 +234,12 @@ class EnginePool:
                     f"prompt has {len(ids)} tokens, the context is "
                     f"{self.config.max_model_len}; shorten it or raise max_model_len"))
                 continue
-            items.append(_Item(i, ids, s, generation_key(self.config.output_key(), ids, s.key())))
+            key = (generation_key(self.config.output_key(), ids, s.key()) if s.reproducible
+                   else f"once:{i}")
+            items.append(_Item(i, ids, s, key))
         todo = await self._from_cache(items, results)
         queue: asyncio.Queue[list[_Item]] = asyncio.Queue()
-        for chunk in _chunks(todo, self.chunk_tokens):
+        for chunk in _chunks(todo, self._chunk_budget(todo)):
             queue.put_nowait(chunk)
         done = [len(items) - len(todo), 0]
         label = getattr(progress, "label", None)
@@ -248,7 +259,8 @@ class EnginePool:
                     results[it.index] = gen
                 if self._cache is not None:
                     await self._cache.put_many.remote(
-                        [(it.key, _record(g)) for it, g in zip(chunk, gens, strict=True) if g.ok])
+                        [(it.key, _record(g)) for it, g in zip(chunk, gens, strict=True)
+                         if g.ok and it.sampling.reproducible])
                 done[0] += len(chunk)
                 done[1] += sum(g.output_tokens for g in gens)
                 if progress is not None:
@@ -271,14 +283,19 @@ class EnginePool:
         unique = [it for it in items if not (it.key in seen or seen.add(it.key))]
         if self._cache is None:
             return unique
-        records = await self._cache.get_many.remote([it.key for it in unique])
-        todo = []
-        for item, record in zip(unique, records, strict=True):
-            if record is None:
-                todo.append(item)
-            else:
+        cacheable = [it for it in unique if it.sampling.reproducible]
+        records = await self._cache.get_many.remote([it.key for it in cacheable])
+        for item, record in zip(cacheable, records, strict=True):
+            if record is not None:
                 results[item.index] = Generation(**record, seconds=0.0, cached=True)
-        return todo
+        return [it for it in unique if results[it.index] is None]
+
+    def _chunk_budget(self, items: Sequence[_Item]) -> int:
+        """Tokens per chunk: at most ``chunk_tokens``, and small enough that every engine
+        gets ``chunks_in_flight`` chunks, so a mid-sized call still uses every engine."""
+        total = sum(it.cost for it in items)
+        return max(1, min(self.chunk_tokens,
+                          -(-total // (self.engines * self.chunks_in_flight))))
 
     def cache_stats(self) -> dict[str, int]:
         import ray

@@ -71,6 +71,12 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def reproducible(self) -> bool:
+        """Greedy or seeded: the same request gives the same output, so it may be cached and
+        sent once. An unseeded sampled request must be generated every time it is asked for."""
+        return self.greedy or self.seed is not None
+
     def to_vllm(self) -> Any:
         from vllm import SamplingParams
 

@@ -202,8 +202,9 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
                                      fewshot=fewshot,
                                      progress=line("baseline", "test", len(data.test)))
         cache = pool.cache_stats()
+        model_loads = pool.load_counts()
     return write_outputs(run_dir, spec, task, data.source, result, final, baseline_test,
-                         cache, time.perf_counter() - started)
+                         cache, model_loads, time.perf_counter() - started)
 
 
 @contextlib.contextmanager
@@ -315,7 +316,8 @@ def print_budget(spec: RunSpec, space: SearchSpace, validation: list[dict[str, A
 
 def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: SearchResult,
                   final: dict[str, EvalResult], baseline_test: EvalResult | None,
-                  cache: dict[str, int], wall: float) -> dict[str, Any]:
+                  cache: dict[str, int], model_loads: list[int],
+                  wall: float) -> dict[str, Any]:
     metric = task.primary_metric
     paths = {}
     for split, res in final.items():
@@ -342,6 +344,7 @@ def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: 
         + sum(r.generations for r in final.values())
         + (baseline_test.generations if baseline_test else 0),
         "cache": {"hits": cache.get("hits", 0), "misses": cache.get("misses", 0)},
+        "model_loads": model_loads,  # per engine; above 1 where Ray restarted a dead engine
         "wall_seconds": round(wall, 1),
         "predictions": paths,
     }

@@ -125,3 +125,22 @@ def test_an_engine_that_cannot_start_fails_early_with_one_line(tmp_path: Path) -
     assert "no-such-architecture" in lines[0]
     assert time.monotonic() - start < 120  # no restarts of an engine that cannot start
     assert not list(tmp_path.glob("out*"))
+
+
+def test_greedy_outputs_are_identical_across_runs(pool, tmp_path: Path) -> None:
+    """A separate run (its own process, Ray and engine) reproduces the session pool's greedy
+    outputs; the input is Parquet with a prompt column."""
+    import pyarrow as pa
+
+    from promptsearch.pipelines.sampling import Sampling
+    from tests.test_engine_pool import PROMPTS
+
+    pq.write_table(pa.table({"id": list(range(len(PROMPTS))), "text": PROMPTS}),
+                   tmp_path / "in.parquet")
+    result = run_cli("generate", str(tmp_path / "in.parquet"), "--prompt-column", "text",
+                     "--max-tokens", "16", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["id"] for r in rows] == list(range(len(PROMPTS)))
+    expected = pool.generate(PROMPTS, Sampling(max_tokens=16))
+    assert [r["output"] for r in rows] == [g.text for g in expected]

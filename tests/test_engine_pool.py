@@ -63,17 +63,45 @@ def test_stop_sequence_is_honoured(pool) -> None:
         assert "。" not in g.text and "、" not in g.text
 
 
+def test_each_row_honours_its_own_stop_and_max_tokens(pool) -> None:
+    free = pool.generate(PROMPTS, Sampling(max_tokens=24))
+    # Row i stops at a character of its own free output (a different one per row), or at
+    # max_tokens = 3 + i where its output has no usable character.
+    samplings, expected = [], []
+    for i, g in enumerate(free):
+        stop = g.text[2 + i % 3] if len(g.text) > 2 + i % 3 and g.text[2 + i % 3].strip() else None
+        if stop is not None:
+            samplings.append(Sampling(max_tokens=24, stop=(stop,)))
+            expected.append(("stop", g.text[:g.text.index(stop)]))
+        else:
+            samplings.append(Sampling(max_tokens=3 + i))
+            expected.append(("length", None))
+    assert sum(kind == "stop" for kind, _ in expected) >= 4, [g.text for g in free]
+    gens = pool.generate(PROMPTS, samplings)
+    for i, (gen, (kind, text), sampling) in enumerate(zip(gens, expected, samplings,
+                                                         strict=True)):
+        if kind == "stop":
+            assert gen.finish_reason == "stop" and gen.text == text, (i, gen, sampling)
+        else:
+            assert gen.output_tokens == sampling.max_tokens, (i, gen)
+
+
 def test_two_engines_give_the_same_greedy_outputs_as_one(pool) -> None:
     import ray
 
     assert pool.engines == 2
     assert len(engine_core_pids()) >= 2
-    prompts = PROMPTS * 3
+    prompts = [f"{i}. {p}" for i in range(3) for p in PROMPTS]  # distinct: none is deduplicated
     sampling = Sampling(max_tokens=20)
+    before = [info["requests"] for info in pool.engine_info()]
     spread = pool.generate(prompts, sampling)
-    one_engine = ray.get(pool._actors[0].generate.remote(
-        [(pool.tokenize(p), sampling) for p in prompts]))
-    assert [g.text for g in spread] == [g.text for g in one_engine]
+    served = [b - a for a, b in zip(before, [i["requests"] for i in pool.engine_info()],
+                                     strict=True)]
+    assert min(served) > 0 and sum(served) == len(prompts), served  # both engines worked
+    batch = [(pool.tokenize(p), sampling) for p in prompts]
+    for actor in pool._actors:  # each engine alone, on every prompt
+        alone = ray.get(actor.generate.remote(batch))
+        assert [g.text for g in spread] == [g.text for g in alone]
 
 
 def test_work_is_spread_over_both_engines(pool) -> None:
@@ -101,9 +129,26 @@ def test_one_bad_request_fails_only_its_row(pool) -> None:
     assert not gens[2].ok and "chat template" in gens[2].error
 
 
+def test_a_row_the_engine_rejects_fails_alone(pool) -> None:
+    import ray
+
+    good = pool.tokenize(PROMPTS[0])
+    out_of_vocabulary = [*good, len(pool.tokenizer) + 1000]  # past the checks before the engine
+    gens = ray.get(pool._actors[0].generate.remote(
+        [(good, Sampling(max_tokens=8)), (out_of_vocabulary, Sampling(max_tokens=8)),
+         (good, Sampling(max_tokens=8))]))
+    assert gens[0].ok and gens[2].ok and gens[0].text == gens[2].text
+    assert not gens[1].ok and gens[1].finish_reason == "error" and gens[1].error
+
+
 def test_each_engine_loaded_its_model_exactly_once(pool) -> None:
-    for _ in range(5):
-        pool.generate(PROMPTS[:2], Sampling(max_tokens=4))
+    pids = [info["pid"] for info in pool.engine_info()]
+    before = [info["requests"] for info in pool.engine_info()]
+    for i in range(30):  # each call is split so that it reaches both engines
+        pool.generate([f"{i}-{j}. {p}" for j, p in enumerate(PROMPTS)], Sampling(max_tokens=4))
+    after = [info["requests"] for info in pool.engine_info()]
+    assert all(b - a >= 30 for a, b in zip(before, after, strict=True)), (before, after)
+    assert [info["pid"] for info in pool.engine_info()] == pids
     assert pool.load_counts() == [1] * pool.engines
 
 
@@ -127,3 +172,12 @@ def test_repeated_requests_in_one_call_are_generated_once(pool) -> None:
     after = sum(info["requests"] for info in pool.engine_info())
     assert after - before == 2
     assert gens[2].text == gens[0].text and gens[2].cached and not gens[0].cached
+
+
+def test_unseeded_sampled_repeats_are_each_generated(pool) -> None:
+    before = sum(info["requests"] for info in pool.engine_info())
+    sampled = Sampling(temperature=1.0, max_tokens=16)  # no seed: every ask is a new draw
+    gens = pool.generate([PROMPTS[0]] * 4, sampled)
+    assert sum(info["requests"] for info in pool.engine_info()) - before == 4
+    assert not any(g.cached for g in gens)
+    assert len({g.text for g in gens}) > 1, [g.text for g in gens]

@@ -118,6 +118,8 @@ def test_engine_killed_mid_search_is_restarted_and_nothing_changes(tmp_path: Pat
     assert all(t["failures"] == 0 for t in _trials(tmp_path / "run"))  # requests retried
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["cache"]["misses"] > 0  # the engines really generated
+    assert summary["model_loads"] == [2]  # Ray restarted the engine, which loaded again
+    assert json.loads((unfaulted / "summary.json").read_text())["model_loads"] == [1]
     time.sleep(3)
     assert not (engine_core_pids() - before), "an engine process outlived the run"
 
