@@ -92,7 +92,13 @@ CASES = [
     (
         "ja:detectable_content:postscript",
         {"postscript_marker": "P.P.S."},
-        "本文\nP. P. S. 追加のメモです。",
+        "本文\np.p.s. 追加のメモです。",
+        "本文\nP. P. S. 追加のメモです。",  # the reference matches "P.P.S." literally
+    ),
+    (
+        "ja:detectable_content:postscript",
+        {"postscript_marker": "P.P.S"},
+        "本文\nP. P. S 追加のメモです。",
         "本文\nP.S. 追加のメモです。",
     ),
     (
@@ -148,6 +154,12 @@ CASES = [
         {"count": 2},
         "駅前の新しいカフェ。人気は季節のタルト。",
         "駅前に新しいカフェができた。「人気のタルト。」がおすすめです。",
+    ),
+    (  # IPADIC, the reference's dictionary: お疲れ様 is an interjection, ＡＩ a symbol
+        "ja:detectable_format:nominal_ending",
+        {"count": 1},
+        "今日の主役は新しい機械。",
+        "みなさん、お疲れ様。これがＡＩ。",
     ),
     (
         "ja:combination:two_responses",

@@ -63,8 +63,8 @@ def remove_quotes(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def tagger() -> Any:
-    """The one fugashi tagger (UniDic via unidic-lite), created on first use."""
-    import fugashi
+def tokenizer() -> Any:
+    """The one janome tokenizer, created on first use (it loads a dictionary)."""
+    from janome.tokenizer import Tokenizer
 
-    return fugashi.Tagger()
+    return Tokenizer()

@@ -12,12 +12,11 @@ def number_placeholders(value: str, *, num_placeholders: int) -> bool:
 def postscript(value: str, *, postscript_marker: str) -> bool:
     """The marker may appear anywhere in a line: the reference pattern has no `^` anchor.
 
-    P.S. / P.P.S allow a space after each dot and ignore case; other markers match literally.
+    Exactly "P.S." and "P.P.S" allow a space after each dot; every other marker, "P.P.S."
+    included, matches literally. Case is ignored.
     """
     if postscript_marker == "P.P.S":
         pattern = r"\s*p\.\s?p\.\s?s.*$"
-    elif postscript_marker == "P.P.S.":
-        pattern = r"\s*p\.\s?p\.\s?s\.\s?.*$"
     elif postscript_marker == "P.S.":
         pattern = r"\s*p\.\s?s\..*$"
     else:

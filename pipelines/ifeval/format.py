@@ -6,15 +6,9 @@ import itertools
 import json
 import re
 
-from ._common import remove_quotes, tagger
+from ._common import remove_quotes, tokenizer
 
 CONSTRAINED_RESPONSE_OPTIONS = ("はい、そうです。", "いいえ、違います。", "どちらとも言えません。")
-
-# UniDic classes that IPADIC (janome, the reference tokenizer) tags as 名詞: nouns, pronouns,
-# na-adjective stems (IPADIC 名詞,形容動詞語幹) and noun-like suffixes (IPADIC 名詞,接尾).
-_NOUN_POS1 = frozenset({"名詞", "代名詞", "形状詞"})
-_NOUN_SUFFIX_POS2 = frozenset({"名詞的", "形状詞的"})
-
 
 def number_bullet_lists(value: str, *, num_bullets: int) -> bool:
     """Lines starting with `・`, a single `*` (not `**`) or `- ` count as bullets.
@@ -72,22 +66,10 @@ def title(value: str) -> bool:
     return any(t.lstrip("『").rstrip("』").strip() for t in re.findall(r"『[^\n]+』", value))
 
 
-def _is_noun(node: object) -> bool:
-    feature = node.feature  # type: ignore[attr-defined]
-    if feature.pos1 == "接尾辞":
-        return feature.pos2 in _NOUN_SUFFIX_POS2
-    return feature.pos1 in _NOUN_POS1
-
-
 def nominal_ending(value: str, *, count: int) -> bool:
-    """Counts 。！？ tokens right after a noun (体言止め), outside single-line quotes.
-
-    The reference tokenizes with janome, which emits whitespace as its own token; a
-    punctuation mark preceded by whitespace therefore does not follow a noun here either.
-    """
-    nodes = list(tagger()(remove_quotes(value)))
-    nouns = 0
-    for previous, node in itertools.pairwise(nodes):
-        if node.surface in "。！？" and not node.white_space and _is_noun(previous):
-            nouns += 1
+    """Counts 。！？ tokens right after a noun (体言止め), outside single-line quotes, with
+    the reference's tokenizer (janome, IPADIC), so a verdict is the reference's verdict."""
+    tokens = list(tokenizer().tokenize(remove_quotes(value)))
+    nouns = sum(1 for previous, token in itertools.pairwise(tokens)
+                if token.surface in "。！？" and previous.part_of_speech.startswith("名詞"))
     return nouns >= count
