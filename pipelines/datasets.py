@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, one_line
-from .ifeval import validate_kwargs
+from .ifeval import INSTRUCTION_IDS, validate_kwargs
 from .readers import check_file, read_located_records, read_utf8
 
 __all__ = [
     "SPLITS",
+    "decode_answers",
+    "decode_instructions",
     "load_hf_dataset",
     "load_jsquad",
+    "load_located_table",
     "load_mifeval",
     "load_table",
+    "map_fields",
     "split_records",
 ]
 
@@ -108,25 +112,77 @@ def load_mifeval(path: str | Path) -> list[dict]:
         label = f"{path} {where} (key {row['key']})"
         if not isinstance(row["prompt"], str):
             raise UserError(f"{label}: 'prompt' must be a string")
-        ids, kwargs = row["instruction_id_list"], row["kwargs"]
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise UserError(f"{label}: 'instruction_id_list' must be a list of strings")
-        if not isinstance(kwargs, list) or not all(isinstance(k, dict | None) for k in kwargs):
-            raise UserError(f"{label}: 'kwargs' must be a list of objects")
-        if len(ids) != len(kwargs):
-            raise UserError(
-                f"{label}: 'instruction_id_list' has {len(ids)} entries but 'kwargs' has "
-                f"{len(kwargs)}; give one kwargs object per instruction"
-            )
-        for instruction_id, instruction_kwargs in zip(ids, kwargs, strict=True):
-            try:
-                validate_kwargs(instruction_id, instruction_kwargs or {})
-            except UserError as exc:
-                raise UserError(f"{label}: {exc}") from None
-        rows.append({**row, "id": str(row["key"])})
+        ids, kwargs = decode_instructions(row, label)
+        rows.append({**row, "instruction_id_list": ids, "kwargs": kwargs, "id": str(row["key"])})
     _check_unique_ids(path, [(row["id"], f"key {row['id']}") for row in rows],
                       [where for where, _ in located])
     return rows
+
+
+def decode_instructions(row: Mapping[str, Any], label: str) -> tuple[list[str], list[dict | None]]:
+    """A row's ``instruction_id_list`` and ``kwargs``, checked as M-IFEval rows are.
+
+    Text cells (CSV, or a string column) are JSON-decoded first. ``label`` names the row.
+    """
+    ids = _json_cell(row.get("instruction_id_list"), label, "instruction_id_list",
+                     'a JSON list of instruction ids such as ["ja:letters:kansuuji"]')
+    kwargs = _json_cell(row.get("kwargs"), label, "kwargs",
+                        'a JSON list with one object per instruction such as [{}]')
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"{label}: 'instruction_id_list' must be a list of strings, "
+                        f"got {_short(ids)}")
+    if not ids:
+        raise UserError(f"{label}: 'instruction_id_list' is empty; give at least one "
+                        "instruction id (a prompt without instructions would always pass)")
+    if not isinstance(kwargs, list) or not all(isinstance(k, dict | None) for k in kwargs):
+        raise UserError(f"{label}: 'kwargs' must be a list of objects, one per instruction, "
+                        f"got {_short(kwargs)}")
+    if len(ids) != len(kwargs):
+        raise UserError(
+            f"{label}: 'instruction_id_list' has {len(ids)} entries but 'kwargs' has "
+            f"{len(kwargs)}; give one kwargs object per instruction"
+        )
+    for n, (instruction_id, instruction_kwargs) in enumerate(zip(ids, kwargs, strict=True)):
+        try:
+            validate_kwargs(instruction_id, instruction_kwargs or {})
+        except UserError as exc:
+            field = "instruction_id_list" if instruction_id not in INSTRUCTION_IDS else "kwargs"
+            raise UserError(f"{label}: {field}[{n}]: {exc}") from None
+    return ids, kwargs
+
+
+def decode_answers(value: Any, label: str) -> list[str]:
+    """QA gold answers as a list: a text cell holding a JSON list is decoded, other text is
+    one answer (a CSV cell is always text)."""
+    if isinstance(value, Mapping) and "text" in value:  # SQuAD on the hub: {"text": [...]}
+        value = value["text"]
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            decoded = None
+        value = decoded if isinstance(decoded, list) else [value]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(a, str) and a.strip() for a in value)):
+        raise UserError(f"{label}: 'answers' must be a non-empty list of non-empty strings "
+                        f'(in CSV: one answer, or a JSON list such as ["東京"]), '
+                        f"got {_short(value)}")
+    return value
+
+
+def _json_cell(value: Any, label: str, name: str, expected: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label}: {name!r} is text that is not valid JSON ({exc.msg}); "
+                        f"write it as {expected}") from None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_table(
@@ -141,22 +197,21 @@ def load_table(
     value for every ``required`` field. If there is an ``id`` field, its values are turned
     into strings and must be present and unique.
     """
+    return [row for _, row in load_located_table(path, required=required, field_map=field_map)]
+
+
+def load_located_table(
+    path: str | Path,
+    *,
+    required: Sequence[str],
+    field_map: Mapping[str, str] | None = None,
+) -> list[tuple[str, dict]]:
+    """Like ``load_table`` but each row comes with where it is, e.g. ``"line 17"``."""
     path = Path(path)
     located = read_located_records(path)
     columns = list(dict.fromkeys(key for _, row in located for key in row))
     mapping = dict(field_map or {})
-    for canonical, column in mapping.items():
-        if column not in columns:
-            raise UserError(
-                f"{path}: field_map maps {canonical!r} to column {column!r}, which the file "
-                f"does not have; its columns are: {', '.join(columns)}"
-            )
-    sources = set(mapping.values())
-    rows = []
-    for _, raw in located:
-        row = {key: value for key, value in raw.items() if key not in sources}
-        row.update({canonical: raw.get(column) for canonical, column in mapping.items()})
-        rows.append(row)
+    rows = map_fields([raw for _, raw in located], mapping, source=str(path))
     has_id = any("id" in row for row in rows)
     for (where, _), row in zip(located, rows, strict=True):
         label = where if row.get("id") is None else f"{where} (id {row['id']})"
@@ -174,7 +229,27 @@ def load_table(
     if has_id:
         _check_unique_ids(path, [(row["id"], f"id {row['id']}") for row in rows],
                           [where for where, _ in located])
-    return rows
+    return [(where, row) for (where, _), row in zip(located, rows, strict=True)]
+
+
+def map_fields(rows: Sequence[Mapping[str, Any]], field_map: Mapping[str, str] | None, *,
+               source: str) -> list[dict]:
+    """Rows with columns renamed to canonical fields (``field_map``: canonical -> column)."""
+    mapping = dict(field_map or {})
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for canonical, column in mapping.items():
+        if column not in columns:
+            raise UserError(
+                f"{source}: field_map maps {canonical!r} to column {column!r}, which the data "
+                f"does not have; its columns are: {', '.join(columns)}"
+            )
+    sources = set(mapping.values())
+    mapped = []
+    for raw in rows:
+        row = {key: value for key, value in raw.items() if key not in sources}
+        row.update({canonical: raw.get(column) for canonical, column in mapping.items()})
+        mapped.append(row)
+    return mapped
 
 
 def _check_unique_ids(path: Path, ids: list[tuple[str, str]],

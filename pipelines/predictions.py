@@ -8,7 +8,7 @@ from typing import Any
 
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.readers import read_located_records
-from promptsearch.pipelines.taskdata import load_examples
+from promptsearch.pipelines.taskdata import checked_example, load_examples
 from promptsearch.pipelines.tasks import Task
 
 
@@ -34,10 +34,9 @@ def match_predictions(task: Task, predictions: Path, references: Path | None, *,
             raise UserError(f"{predictions} {where}: 'output' must be text")
         outputs[rid] = row["output"]
     if references is None:
-        for where, row in located:
-            task.check_example({task.id_field: row["id"], **row},
-                               where=f"{predictions} {where} (no --references given)")
-        examples = [{**row, task.id_field: row["id"]} for _, row in located]
+        examples = [checked_example(task, {**row, task.id_field: row["id"]},
+                                    where=f"{predictions} {where} (no --references given)")
+                    for where, row in located]
     else:
         examples = load_examples(task, references, field_map=field_map)
     ids = [task.example_id(e) for e in examples]

@@ -11,16 +11,45 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.errors import UserError, one_line
+
+_LARGEST = 1_000_000
+"""Largest power result or repeated sequence a template may build; beyond, it would hang."""
 
 
 @lru_cache(maxsize=1)
 def _environment() -> Any:
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                         keep_trailing_newline=True)
+    class PromptEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"**", "*"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and _big_power(left, right):
+                raise SecurityError(f"{left!r} ** {right!r} is too large to compute")
+            if operator == "*" and _big_repeat(left, right):
+                raise SecurityError(f"a sequence repeated {max(left, right, key=_count)} times")
+            return super().call_binop(context, operator, left, right)
+
+    return PromptEnvironment(undefined=StrictUndefined, autoescape=False,
+                             keep_trailing_newline=True)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _big_power(base: Any, exponent: Any) -> bool:
+    if not (isinstance(base, int | float) and isinstance(exponent, int | float)):
+        return False
+    return abs(exponent) > 64 and abs(base) > 1
+
+
+def _big_repeat(left: Any, right: Any) -> bool:
+    sequence, count = (left, right) if isinstance(right, int) else (right, left)
+    return (isinstance(sequence, str | list | tuple) and isinstance(count, int)
+            and len(sequence) * count > _LARGEST)
 
 
 @lru_cache(maxsize=256)
@@ -32,7 +61,9 @@ def compile_template(source: str, *, name: str = "template") -> Any:
 
     env = _environment()
     try:
-        _refuse_internals(env.parse(source), name)
+        ast = env.parse(source)
+        _refuse_other_templates(ast, name)
+        _refuse_internals(ast, name)
         return env.from_string(source)
     except TemplateSyntaxError as exc:
         raise UserError(f"{name}: Jinja syntax error on line {exc.lineno}: {exc.message}; "
@@ -42,6 +73,19 @@ def compile_template(source: str, *, name: str = "template") -> Any:
 # Besides dunders and private names: what Jinja's sandbox also blocks at run time.
 _INTERNAL = frozenset({"mro", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame",
                        "ag_code", "f_globals", "f_locals", "f_builtins", "tb_frame"})
+
+
+_TAGS = {"Include": "include", "Import": "import", "FromImport": "from ... import",
+         "Extends": "extends"}
+
+
+def _refuse_other_templates(ast: Any, name: str) -> None:
+    """A template stands alone: there is no template loader, so these could never work."""
+    from jinja2 import nodes
+
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        raise UserError(f"{name} line {node.lineno}: {{% {_TAGS[type(node).__name__]} %}} is "
+                        "not supported; write the text into the template itself")
 
 
 def _refuse_internals(ast: Any, name: str) -> None:
@@ -63,19 +107,25 @@ def _refuse_internals(ast: Any, name: str) -> None:
 
 
 def render_template(source: str, fields: Mapping[str, Any], *, name: str = "template") -> str:
-    """Render ``source`` with ``fields``; unknown fields and unsafe access are user errors."""
-    from jinja2 import UndefinedError
+    """Render ``source`` with ``fields``; any failure of the template is a user error naming
+    the template and, when the fields carry an ``id`` or ``key``, the example."""
+    from jinja2 import TemplateError, UndefinedError
     from jinja2.exceptions import SecurityError
 
     template = compile_template(source, name=name)
+    rid = fields.get("id", fields.get("key"))
+    where = name if rid is None else f"{name} (example {rid})"
     try:
         return template.render(**fields)
     except UndefinedError as exc:
         known = ", ".join(sorted(fields)) or "(none)"
-        raise UserError(f"{name}: {exc.message}; the fields available are: {known}") from None
+        raise UserError(f"{where}: {exc.message}; the fields available are: {known}") from None
     except SecurityError as exc:
-        raise UserError(f"{name}: unsafe template ({exc}); templates may only use the fields "
-                        "and plain Jinja expressions") from None
+        raise UserError(f"{where}: unsafe template ({one_line(exc)}); templates may only use "
+                        "the fields and plain Jinja expressions") from None
+    except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+        raise UserError(f"{where}: the template failed ({type(exc).__name__}: "
+                        f"{one_line(exc)}); fix the template") from None
 
 
 def template_fields(source: str, *, name: str = "template") -> set[str]:

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.datasets import (
+    decode_answers,
+    decode_instructions,
     load_hf_dataset,
     load_jsquad,
+    load_located_table,
     load_mifeval,
-    load_table,
+    map_fields,
     split_records,
 )
 from promptsearch.pipelines.errors import UserError
@@ -48,8 +51,9 @@ def load_examples(task: Task, source: str | Path, *,
     path = Path(source)
     looks_like_hub_id = (text.count("/") == 1 and not text.startswith((".", "/"))
                          and path.suffix not in (*SUFFIXES, ".json"))
+    places: list[str] | None = None
     if not path.exists() and looks_like_hub_id:
-        rows = load_hf_dataset(text, split="validation")
+        rows = map_fields(load_hf_dataset(text, split="validation"), field_map, source=text)
     elif path.suffix == ".json":
         if task.name != "qa":
             raise UserError(f"{path}: SQuAD/JSQuAD JSON is a QA format; task {task.name} "
@@ -61,24 +65,46 @@ def load_examples(task: Task, source: str | Path, *,
         required = [task.id_field, *task.input_fields]
         if references:
             required += list(task.reference_fields)
-        rows = load_table(path, required=required, field_map=field_map)
+        located = load_located_table(path, required=required, field_map=field_map)
+        places = [where for where, _ in located]
+        rows = [row for _, row in located]
     if not rows:
         raise UserError(f"{path}: no examples; add at least one row")
-    _check_rows(task, rows, where=str(path), references=references)
-    return rows
+    return _check_rows(task, rows, source=str(path), places=places, references=references)
 
 
-def _check_rows(task: Task, rows: Sequence[Mapping[str, Any]], *, where: str,
-                references: bool) -> None:
+def checked_example(task: Task, row: Mapping[str, Any], *, where: str,
+                    references: bool = True) -> dict[str, Any]:
+    """``row`` with the task's fields checked and its reference fields decoded.
+
+    Reference fields that are text (every CSV cell is) are decoded: QA ``answers`` and
+    M-IFEval ``instruction_id_list`` / ``kwargs``. ``where`` names the row in any error.
+    """
+    task.check_example(row, where=where, references=references)
+    example = dict(row)
+    if task.name == "qa" and example.get("answers") is not None:
+        example["answers"] = decode_answers(example["answers"], where)
+    if task.name == "instruct" and (example.get("instruction_id_list") is not None
+                                    or example.get("kwargs") is not None):
+        example["instruction_id_list"], example["kwargs"] = decode_instructions(example, where)
+    return example
+
+
+def _check_rows(task: Task, rows: Sequence[Mapping[str, Any]], *, source: str,
+                places: Sequence[str] | None, references: bool) -> list[dict[str, Any]]:
+    """``places`` says where each row is in ``source`` (``"line 3"``); else its row number."""
     seen: set[str] = set()
+    checked = []
     for n, row in enumerate(rows, start=1):
-        task.check_example(row, where=f"{where} row {n}", references=references)
+        where = f"{source} {places[n - 1] if places else f'row {n}'}"
+        if row.get(task.id_field) not in (None, ""):
+            where += f" ({task.id_field} {row[task.id_field]})"
+        checked.append(checked_example(task, row, where=where, references=references))
         rid = task.example_id(row)
         if rid in seen:
-            raise UserError(f"{where} row {n}: duplicate id {rid!r}; ids must be unique")
+            raise UserError(f"{where}: duplicate id {rid!r}; ids must be unique")
         seen.add(rid)
-        if task.name == "qa" and not isinstance(row.get("answers", []), list):
-            raise UserError(f"{where} row {n}: 'answers' must be a list of strings")
+    return checked
 
 
 def load_task_data(task: Task, data: str | Path | None = None, *, seed: int = 0,

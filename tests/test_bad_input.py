@@ -10,10 +10,14 @@ template, a too-large k or an unknown selector in a search space (test_search.py
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -34,6 +38,37 @@ def _qa(rid: str, context: str = "富士山は日本一高い山である。", *
 
 def _yaml(data: object) -> str:
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def _csv(*rows: dict) -> str:
+    """Lists become JSON text cells, as a spreadsheet export holds them."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
+                      for k, v in row.items()} for row in rows)
+    return out.getvalue()
+
+
+def _parquet(*rows: dict) -> bytes:
+    out = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(list(rows)), out)
+    return out.getvalue().to_pybytes()
+
+
+LETTERS = "ja:length_constraints:number_letters"
+
+
+def _instruct(key: int, ids: list[str] | None = None, kwargs: list[dict] | None = None,
+              **extra: object) -> dict:
+    return {"key": key, "prompt": "300文字以上で書いてください。",
+            "instruction_id_list": [LETTERS] if ids is None else ids,
+            "kwargs": [{"relation": "以上", "num_letters": 300}] if kwargs is None else kwargs,
+            **extra}
+
+
+SIX_HUNDRED_LETTERS = [{"relation": "以上", "num_letters": "六百"}]
+INSTRUCT_PREDICTIONS = _jsonl({"id": 7, "output": "x"}, {"id": 8, "output": "x"})
 
 
 GOOD_QA = _jsonl(_qa("a"), _qa("b", "琵琶湖は日本最大の湖である。"))
@@ -131,6 +166,50 @@ CASES = [
                  ["score", "--task", "summary", "--predictions", "{d}/p.jsonl"],
                  ["p.jsonl line 1 (no --references given): missing field 'summary'"],
                  id="score-no-references-anywhere"),
+    # -- reference fields: decoded from CSV text, checked row by row before scoring --------
+    pytest.param({"p.jsonl": INSTRUCT_PREDICTIONS,
+                  "refs.csv": _csv(_instruct(7, kwargs=SIX_HUNDRED_LETTERS), _instruct(8))},
+                 ["score", "--task", "instruct", "--predictions", "{d}/p.jsonl",
+                  "--references", "{d}/refs.csv"],
+                 [f"refs.csv row 1 (key 7): kwargs[0]: {LETTERS}: kwarg 'num_letters' must be "
+                  "a non-negative integer, got '六百'"],
+                 id="score-instruct-csv-wrong-kwarg-type"),
+    pytest.param({"p.jsonl": INSTRUCT_PREDICTIONS,
+                  "refs.parquet": _parquet(_instruct(7, ["ja:letters:no_katakana"], [{}]),
+                                           _instruct(8, kwargs=SIX_HUNDRED_LETTERS))},
+                 ["score", "--task", "instruct", "--predictions", "{d}/p.jsonl",
+                  "--references", "{d}/refs.parquet"],
+                 [f"refs.parquet row 2 (key 8): kwargs[0]: {LETTERS}: kwarg 'num_letters'"],
+                 id="score-instruct-parquet-wrong-kwarg-type"),
+    pytest.param({"p.jsonl": INSTRUCT_PREDICTIONS,
+                  "refs.csv": _csv(_instruct(7), _instruct(8, ["ja:keywords:nope"], [{}]))},
+                 ["score", "--task", "instruct", "--predictions", "{d}/p.jsonl",
+                  "--references", "{d}/refs.csv"],
+                 ["refs.csv row 2 (key 8): instruction_id_list[0]: unknown instruction id "
+                  "'ja:keywords:nope'"],
+                 id="score-instruct-unknown-instruction-id"),
+    pytest.param({"p.jsonl": INSTRUCT_PREDICTIONS,
+                  "refs.jsonl": _jsonl(_instruct(7, [], []), _instruct(8))},
+                 ["score", "--task", "instruct", "--predictions", "{d}/p.jsonl",
+                  "--references", "{d}/refs.jsonl"],
+                 ["refs.jsonl line 1 (key 7): 'instruction_id_list' is empty; give at least one"],
+                 id="score-instruct-empty-instruction-list"),
+    pytest.param({"p.jsonl": _jsonl({"id": 7, "output": "x",
+                                     **_instruct(7, kwargs=SIX_HUNDRED_LETTERS)})},
+                 ["score", "--task", "instruct", "--predictions", "{d}/p.jsonl"],
+                 ["p.jsonl line 1 (no --references given): kwargs[0]: "
+                  f"{LETTERS}: kwarg 'num_letters'"],
+                 id="score-instruct-no-references-wrong-kwarg-type"),
+    pytest.param({"p.jsonl": _jsonl({"id": "a", "output": "x"}, {"id": "b", "output": "x"}),
+                  "refs.jsonl": _jsonl(_qa("a"), _qa("b", answers=[1, 2]))},
+                 [*SCORE_QA, "--predictions", "{d}/p.jsonl", "--references", "{d}/refs.jsonl"],
+                 ["refs.jsonl line 2 (id b): 'answers' must be a non-empty list of non-empty "
+                  "strings", "got [1, 2]"],
+                 id="score-qa-answers-not-strings"),
+    pytest.param({"p.jsonl": _jsonl({"output": "x", **_qa("a", answers=[1, 2])})},
+                 [*SCORE_QA, "--predictions", "{d}/p.jsonl"],
+                 ["p.jsonl line 1 (no --references given): 'answers' must be a non-empty list"],
+                 id="score-qa-no-references-answers-not-strings"),
     # -- a template reading an unknown field ---------------------------------------------
     pytest.param({"space.yaml": _space_template("{{ contxt }}\n質問: {{ question }}\n回答:")},
                  [*RUN_QA, "--space", "{d}/space.yaml"],
@@ -167,6 +246,20 @@ CASES = [
                  [*EVAL_QA, "--config", "{d}/best.yaml"],
                  ["best.yaml: custom_template: template 'mine' line 1: unsafe template"],
                  id="eval-config-template-globals"),
+    # -- templates that load other templates or fail while rendering -------------------
+    pytest.param({"in.jsonl": _jsonl({"prompt": "こんにちは"})},
+                 ["generate", "{d}/in.jsonl", "--template", "{% include 'x' %}{{ prompt }}"],
+                 ["--template line 1: {% include %} is not supported"],
+                 id="generate-template-include"),
+    pytest.param({"space.yaml": _space_template("{% extends 'base' %}{{ question }}")},
+                 [*RUN_QA, "--space", "{d}/space.yaml"],
+                 ["space.yaml: template 'mine' line 1: {% extends %} is not supported"],
+                 id="run-space-template-extends"),
+    pytest.param({"in.jsonl": _jsonl({"id": "r1", "prompt": "こんにちは"})},
+                 ["generate", "{d}/in.jsonl", "--template",
+                  "{% for i in range(10**12) %}{% endfor %}{{ prompt }}"],
+                 ["--template (example r1): the template failed (OverflowError"],
+                 id="generate-template-huge-range"),
     # -- invalid YAML: file, line and column ----------------------------------------------
     pytest.param({"best.yaml": "task: qa\ntemplate: [plain\n"},
                  [*EVAL_QA, "--config", "{d}/best.yaml"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -62,6 +63,46 @@ def test_instruct_per_row_verdicts_in_instruction_order(tmp_path: Path) -> None:
     for p, r in zip(per_row, rows, strict=True):
         assert [v["instruction_id"] for v in p["instructions"]] == r["instruction_id_list"]
         assert all(v["strict"] and v["loose"] for v in p["instructions"])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    """Lists become JSON text cells, as a spreadsheet export holds them."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
+                          for k, v in row.items()} for row in rows)
+    return path
+
+
+def test_qa_csv_references_with_json_list_answers(tmp_path: Path) -> None:
+    refs = [json.loads(line) for line in (DATA / "qa/validation.jsonl").read_text().splitlines()]
+    table = [{k: r[k] for k in ("id", "context", "question", "answers")} for r in refs]
+    table[0]["answers"] = table[0]["answers"][0]  # a plain-text cell is one answer
+    _write_csv(tmp_path / "refs.csv", table)
+    write_jsonl(tmp_path / "p.jsonl", [{"id": r["id"], "output": r["answers"][-1]} for r in refs])
+    assert _score("--task", "qa", "--predictions", str(tmp_path / "p.jsonl"),
+                  "--references", str(tmp_path / "refs.csv")) == {"exact_match": 100.0,
+                                                                  "char_f1": 100.0}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_instruct_table_references_score_like_jsonl(tmp_path: Path, suffix: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in
+            (DATA / "instruct/fewshot.jsonl").read_text().splitlines()]
+    table = [{k: r[k] for k in ("key", "prompt", "instruction_id_list", "kwargs")} for r in rows]
+    refs = tmp_path / f"refs{suffix}"
+    if suffix == ".csv":
+        _write_csv(refs, table)
+    else:  # one struct type for all kwargs: each object gets every name, null if not its own
+        pq.write_table(pa.Table.from_pylist(table), refs)
+    write_jsonl(tmp_path / "p.jsonl", [{"id": r["key"], "output": r["response"]} for r in rows])
+    metrics = _score("--task", "instruct", "--predictions", str(tmp_path / "p.jsonl"),
+                     "--references", str(refs))
+    assert metrics["prompt_level_strict_acc"] == 100.0
 
 
 def test_summary_scores_without_references_when_rows_carry_them(tmp_path: Path) -> None:

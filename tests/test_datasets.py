@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from promptsearch.pipelines.datasets import (
+    decode_answers,
+    decode_instructions,
     load_hf_dataset,
     load_jsquad,
+    load_located_table,
     load_mifeval,
     load_table,
     split_records,
@@ -324,6 +327,64 @@ def test_load_table_duplicate_id(tmp_path: Path) -> None:
     assert rows == [{"id": "7", "q": "a"}]
 
 
+def test_load_located_table_says_where_each_row_is(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"id": 1, "q": "a"}\n\n{"id": 2, "q": "b"}\n', "utf-8")
+    assert load_located_table(path, required=["q"]) == [
+        ("line 1", {"id": "1", "q": "a"}),
+        ("line 3", {"id": "2", "q": "b"}),
+    ]
+
+
+# --- reference fields: QA answers, M-IFEval instructions ------------------------------------
+
+
+@pytest.mark.parametrize(("value", "answers"), [
+    (["東京", "とうきょう"], ["東京", "とうきょう"]),
+    ('["東京", "とうきょう"]', ["東京", "とうきょう"]),
+    ("東京", ["東京"]),
+    ("[東京", ["[東京"]),
+    ('"東京"', ['"東京"']),
+    ({"text": ["東京"], "answer_start": [3]}, ["東京"]),  # SQuAD rows from the hub
+])
+def test_decode_answers(value: object, answers: list[str]) -> None:
+    assert decode_answers(value, "qa.csv row 1") == answers
+
+
+@pytest.mark.parametrize("value", [[1, 2], "[1, 2]", [], "[]", ["東京", ""], [" "], None,
+                                   {"answer": ["東京"]}, 3])
+def test_decode_answers_rejects_non_string_lists(value: object) -> None:
+    with pytest.raises(UserError) as info:
+        decode_answers(value, "qa.csv row 4 (id x)")
+    assert str(info.value).startswith(
+        "qa.csv row 4 (id x): 'answers' must be a non-empty list of non-empty strings")
+
+
+def test_decode_instructions_from_text_cells() -> None:
+    row = {"instruction_id_list": '["ja:letters:no_katakana", "ja:keywords:existence"]',
+           "kwargs": '[{}, {"keywords": ["猫"]}]'}
+    assert decode_instructions(row, "x.csv row 1") == (
+        ["ja:letters:no_katakana", "ja:keywords:existence"], [{}, {"keywords": ["猫"]}])
+
+
+@pytest.mark.parametrize(("ids", "kwargs", "message"), [
+    ("[1]", "[{}]", "'instruction_id_list' must be a list of strings, got [1]"),
+    ("[]", "[]", "'instruction_id_list' is empty; give at least one instruction id"),
+    ('["ja:letters:kansuuji"]', "{}", "'kwargs' must be a list of objects, one per"),
+    ('["ja:letters:kansuuji"]', "[{}", "'kwargs' is text that is not valid JSON"),
+    ('["ja:letters:kansuuji"]', '[{"n": 1}]',
+     "kwargs[0]: ja:letters:kansuuji: unexpected kwarg 'n' (expected: none)"),
+    ('["ja:keywords:existence"]', '[{"keywords": "猫"}]',
+     "kwargs[0]: ja:keywords:existence: kwarg 'keywords' must be a non-empty list of strings"),
+    ('["ja:letters:kansuuji", "ja:nope"]', "[{}, {}]",
+     "instruction_id_list[1]: unknown instruction id 'ja:nope'"),
+])
+def test_decode_instructions_names_row_and_field(ids: str, kwargs: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        decode_instructions({"instruction_id_list": ids, "kwargs": kwargs}, "x.csv row 2 (key 9)")
+    assert str(info.value).startswith(f"x.csv row 2 (key 9): {message}")
+
+
 # --- load_mifeval ---------------------------------------------------------------------------
 
 
@@ -358,6 +419,14 @@ def test_load_mifeval_length_mismatch(tmp_path: Path) -> None:
         load_mifeval(path)
 
 
+def test_load_mifeval_decodes_text_fields(tmp_path: Path) -> None:
+    row = dict(MIFEVAL_ROWS[1], instruction_id_list=json.dumps(
+        MIFEVAL_ROWS[1]["instruction_id_list"]), kwargs=json.dumps(MIFEVAL_ROWS[1]["kwargs"]))
+    rows = load_mifeval(_write_jsonl(tmp_path / "mifeval.jsonl", [row]))
+    assert rows[0]["instruction_id_list"] == MIFEVAL_ROWS[1]["instruction_id_list"]
+    assert rows[0]["kwargs"] == [{"num_bullets": 3}, {}]
+
+
 def test_load_mifeval_missing_field(tmp_path: Path) -> None:
     bad = {k: v for k, v in MIFEVAL_ROWS[0].items() if k != "kwargs"}
     path = _write_jsonl(tmp_path / "mifeval.jsonl", [bad])
@@ -382,3 +451,19 @@ def test_load_hf_dataset_without_datasets_package(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(UserError, match=r"cannot reach the Hugging Face hub .*local file path"):
         load_hf_dataset("shunk031/JGLUE", split="validation")
+
+
+def test_hub_rows_get_the_field_map_and_squad_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptsearch.pipelines import taskdata
+    from promptsearch.pipelines.tasks import load_task
+
+    hub_rows = [{"id": f"q{i}", "context": "東京は日本の首都です。", "query": "日本の首都は？",
+                 "answers": {"text": ["東京"], "answer_start": [0]}} for i in range(3)]
+    monkeypatch.setattr(taskdata, "load_hf_dataset", lambda dataset_id, split: hub_rows)
+    rows = taskdata.load_examples(load_task("qa"), "someone/jsquad-like",
+                                  field_map={"question": "query"})
+    assert [r["question"] for r in rows] == ["日本の首都は？"] * 3
+    assert all(r["answers"] == ["東京"] and "query" not in r for r in rows)
+    with pytest.raises(UserError, match="someone/jsquad-like: field_map maps 'question' to "
+                                        "column 'q'"):
+        taskdata.load_examples(load_task("qa"), "someone/jsquad-like", field_map={"question": "q"})

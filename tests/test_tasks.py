@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from promptsearch.pipelines.config import FewShot, PromptConfig
@@ -136,15 +138,16 @@ def test_missing_data_file_is_not_mistaken_for_a_hub_id() -> None:
 
 @pytest.mark.parametrize(("row", "message"), [
     ({"key": 1, "prompt": "p", "instruction_id_list": ["ja:keywords:nope"], "kwargs": [{}]},
-     "line 1 (key 1): unknown instruction"),
+     "line 1 (key 1): instruction_id_list[0]: unknown instruction id 'ja:keywords:nope'"),
     ({"key": 1, "prompt": "p", "instruction_id_list": ["ja:length_constraints:number_letters"],
       "kwargs": [{"relation": "以上", "num_letters": "六百"}]},
-     "line 1 (key 1): ja:length_constraints:number_letters: kwarg 'num_letters' must be"),
+     "line 1 (key 1): kwargs[0]: ja:length_constraints:number_letters: kwarg 'num_letters' "
+     "must be"),
     ({"key": 1, "instruction_id_list": [], "kwargs": []}, "line 1: missing field 'prompt'"),
+    ({"key": 1, "prompt": "p", "instruction_id_list": [], "kwargs": []},
+     "line 1 (key 1): 'instruction_id_list' is empty; give at least one instruction id"),
 ])
 def test_bad_instruct_rows_name_the_row(tmp_path, row: dict, message: str) -> None:
-    import json
-
     from promptsearch.pipelines.taskdata import load_examples
 
     path = tmp_path / "bad.jsonl"
@@ -155,8 +158,6 @@ def test_bad_instruct_rows_name_the_row(tmp_path, row: dict, message: str) -> No
 
 
 def test_bad_qa_rows_and_empty_split_name_the_problem(tmp_path) -> None:
-    import json
-
     from promptsearch.pipelines.taskdata import load_examples
 
     path = tmp_path / "qa.jsonl"
@@ -200,3 +201,149 @@ def test_search_space_with_a_user_template_round_trips_through_best_yaml(tmp_pat
                                    "templates": ["x"]}))
     with pytest.raises(UserError, match="reads unknown field 'title'"):
         SearchSpace.load(task, bad)
+
+
+def _write_csv(path, header: list[str], *rows: list[object]):
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([json.dumps(c, ensure_ascii=False) if isinstance(c, list) else c
+                          for c in row] for row in rows)
+    return path
+
+
+INSTRUCT_COLUMNS = ["key", "prompt", "instruction_id_list", "kwargs"]
+LETTERS = "ja:length_constraints:number_letters"
+
+
+def test_instruct_csv_cells_are_json_decoded(tmp_path) -> None:
+    from promptsearch.pipelines.taskdata import load_examples
+
+    path = _write_csv(tmp_path / "refs.csv", INSTRUCT_COLUMNS,
+                      [7, "300文字以上で", [LETTERS], [{"relation": "以上", "num_letters": 300}]],
+                      [8, "カタカナなしで", ["ja:letters:no_katakana"], [{}]])
+    rows = load_examples(load_task("instruct"), path)
+    assert [r["instruction_id_list"] for r in rows] == [[LETTERS], ["ja:letters:no_katakana"]]
+    assert rows[0]["kwargs"] == [{"relation": "以上", "num_letters": 300}]
+
+
+@pytest.mark.parametrize(("ids", "kwargs", "message"), [
+    ([LETTERS], [{"relation": "以上", "num_letters": "六百"}],
+     f"refs.csv row 1 (key 7): kwargs[0]: {LETTERS}: kwarg 'num_letters' must be a non-negative"),
+    ([LETTERS], [{"relation": "以上", "letters": 300}],
+     f"refs.csv row 1 (key 7): kwargs[0]: {LETTERS}: unexpected kwarg 'letters'"),
+    (["ja:keywords:nope"], [{}],
+     "refs.csv row 1 (key 7): instruction_id_list[0]: unknown instruction id 'ja:keywords:nope'"),
+    ([LETTERS, "ja:letters:no_katakana"], [{"relation": "以上", "num_letters": 3}],
+     "refs.csv row 1 (key 7): 'instruction_id_list' has 2 entries but 'kwargs' has 1"),
+    ([], [], "refs.csv row 1 (key 7): 'instruction_id_list' is empty"),
+    ("ja:letters:no_katakana", [{}],
+     "refs.csv row 1 (key 7): 'instruction_id_list' is text that is not valid JSON"),
+    ([LETTERS], {"relation": "以上", "num_letters": 3},
+     "refs.csv row 1 (key 7): 'kwargs' must be a list of objects"),
+])
+def test_bad_instruct_csv_cells_name_the_row_and_field(tmp_path, ids: object, kwargs: object,
+                                                       message: str) -> None:
+    from promptsearch.pipelines.taskdata import load_examples
+
+    kwargs_cell = json.dumps(kwargs, ensure_ascii=False)
+    path = _write_csv(tmp_path / "refs.csv", INSTRUCT_COLUMNS, [7, "p", ids, kwargs_cell])
+    with pytest.raises(UserError) as info:
+        load_examples(load_task("instruct"), path)
+    assert message in str(info.value)
+
+
+def test_instruct_parquet_and_field_mapped_jsonl_are_checked(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from promptsearch.pipelines.taskdata import load_examples
+
+    bad = {"key": 7, "prompt": "p", "instruction_id_list": [LETTERS],
+           "kwargs": [{"relation": "以上", "num_letters": "六百"}]}
+    pq.write_table(pa.Table.from_pylist([bad]), tmp_path / "refs.parquet")
+    with pytest.raises(UserError, match=r"refs\.parquet row 1 \(key 7\): kwargs\[0\]: .*'num_"):
+        load_examples(load_task("instruct"), tmp_path / "refs.parquet")
+    mapped = {**bad, "question": bad["prompt"]}
+    del mapped["prompt"]
+    (tmp_path / "refs.jsonl").write_text(json.dumps(mapped) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"refs\.jsonl line 1 \(key 7\): kwargs\[0\]: .*'num_"):
+        load_examples(load_task("instruct"), tmp_path / "refs.jsonl",
+                      field_map={"prompt": "question"})
+
+
+def test_qa_answers_from_csv_text_and_bad_answers_name_the_row(tmp_path) -> None:
+    from promptsearch.pipelines.taskdata import load_examples
+
+    task = load_task("qa")
+    path = _write_csv(tmp_path / "qa.csv", ["id", "context", "question", "answers"],
+                      ["a", "c", "q", ["東京", "とうきょう"]], ["b", "c", "q", "大阪"],
+                      ["c", "c", "q", "[大阪"])
+    rows = load_examples(task, path)
+    assert [r["answers"] for r in rows] == [["東京", "とうきょう"], ["大阪"], ["[大阪"]]
+    for answers in ([1, 2], [], ["東京", ""], {"answer": ["東京"]}, '["東京", 2]'):
+        path = tmp_path / "qa.jsonl"
+        path.write_text(json.dumps({"id": "x", "context": "c", "question": "q",
+                                    "answers": answers}, ensure_ascii=False) + "\n")
+        with pytest.raises(UserError, match=r"qa\.jsonl line 1 \(id x\): 'answers' must be a "
+                                            "non-empty list of non-empty strings"):
+            load_examples(task, path)
+
+
+def test_references_in_prediction_rows_are_decoded_and_checked(tmp_path) -> None:
+    from promptsearch.pipelines.predictions import match_predictions
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "output": "東京", "context": "c", "question": "q",
+                                "answers": '["東京"]'}, ensure_ascii=False) + "\n")
+    examples, outputs = match_predictions(load_task("qa"), path, None)
+    assert examples[0]["answers"] == ["東京"] and outputs == ["東京"]
+    path.write_text(json.dumps({"id": "a", "output": "x", "context": "c", "question": "q",
+                                "answers": [1, 2]}) + "\n")
+    with pytest.raises(UserError, match=r"p\.jsonl line 1 \(no --references given\): 'answers'"):
+        match_predictions(load_task("qa"), path, None)
+    path.write_text(json.dumps({"id": "k", "output": "x", "prompt": "p",
+                                "instruction_id_list": [LETTERS],
+                                "kwargs": [{"relation": "以上", "num_letters": -1}]}) + "\n")
+    with pytest.raises(UserError, match=r"p\.jsonl line 1 \(no --references given\): kwargs\[0\]"):
+        match_predictions(load_task("instruct"), path, None)
+
+
+@pytest.mark.parametrize(("source", "tag"), [
+    ("{% include 'header.txt' %}{{ question }}", "{% include %}"),
+    ("{{ question }}\n{% import 'macros' as m %}", "{% import %}"),
+    ("{% from 'macros' import m %}{{ question }}", "{% from ... import %}"),
+    ("{% extends 'base' %}", "{% extends %}"),
+])
+def test_template_loading_other_templates_is_refused(source: str, tag: str) -> None:
+    from promptsearch.pipelines.render import compile_template
+
+    with pytest.raises(UserError) as info:
+        compile_template(source, name="space.yaml: template 'mine'")
+    assert str(info.value).startswith("space.yaml: template 'mine' line ")
+    assert f"{tag} is not supported" in str(info.value)
+
+
+@pytest.mark.parametrize(("source", "problem"), [
+    ("{% for i in range(10**12) %}{% endfor %}{{ question }}", "OverflowError"),
+    ("{{ question + 1 }}", "TypeError"),
+    ("{{ question|format(1, 2) }}", "TypeError"),
+    ("{{ 1 // 0 }}", "ZeroDivisionError"),
+])
+def test_template_failing_while_rendering_names_template_and_example(source: str,
+                                                                     problem: str) -> None:
+    with pytest.raises(UserError) as info:
+        render_template(source, {"id": "q-7", "question": "質問"}, name="template mine@v1")
+    message = str(info.value)
+    assert message.startswith(f"template mine@v1 (example q-7): the template failed ({problem}")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("source", ["{{ 2 ** 100000000 }}", "{{ 'あ' * 10**12 }}",
+                                    "{{ [question] * 10**9 }}"])
+def test_template_building_something_huge_is_refused_not_hung(source: str) -> None:
+    with pytest.raises(UserError, match=r"^template mine@v1 \(example q-7\): unsafe template"):
+        render_template(source, {"id": "q-7", "question": "質問"}, name="template mine@v1")
+    assert render_template("{{ '-' * 3 }}{{ 2 ** 10 }}", {}) == "---1024"
