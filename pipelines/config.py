@@ -49,8 +49,11 @@ class PromptConfig:
                    sampling=task.sampling, parse=task.parse)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"task": self.task, "template": self.template, "fewshot": asdict(self.fewshot),
-               "sampling": self.sampling.to_dict(), "parse": list(self.parse), "chat": self.chat}
+        out: dict[str, Any] = {"task": self.task, "template": self.template}
+        if self.custom_template is None:  # a custom template carries its own version
+            out["template_version"] = load_task(self.task).template(self.template).version
+        out.update({"fewshot": asdict(self.fewshot), "sampling": self.sampling.to_dict(),
+                    "parse": list(self.parse), "chat": self.chat})
         if self.custom_template is not None:
             spec = asdict(self.custom_template)
             del spec["name"]
@@ -62,7 +65,7 @@ class PromptConfig:
         if not isinstance(data, Mapping):
             raise UserError(f"{where}: expected a mapping with task, template, fewshot, "
                             "sampling, parse")
-        _no_unknown(data, {f.name for f in fields(cls)}, where)
+        _no_unknown(data, {f.name for f in fields(cls)} | {"template_version"}, where)
         for key in ("task", "template"):
             if not isinstance(data.get(key), str):
                 raise UserError(f"{where}: field {key!r} is required (a string)")
@@ -85,6 +88,14 @@ class PromptConfig:
                      custom_template=None if custom is None else PromptTemplate.from_dict(
                          data["template"], custom, where=f"{where}: custom_template"))
         config.check(task, where=where)
+        if custom is None and "template_version" in data:
+            version = task.template(config.template).version
+            if data["template_version"] != version:
+                raise UserError(
+                    f"{where}: template {config.template!r} was version "
+                    f"{data['template_version']!r} when this config was made; this promptsearch "
+                    f"has version {version}, whose text differs. Run the search again, or set "
+                    f"template_version: {version} to accept the new text")
         return config
 
     @classmethod

@@ -50,24 +50,58 @@ def test_eval_jsquad_two_shot_scores_above_zero_and_rescores(pool, tmp_path: Pat
     assert _rescore("qa", jsonl) == pytest.approx(result.metrics)
 
 
-def test_eval_command_with_a_config_file(tmp_path: Path) -> None:
-    task = load_task("qa")
-    config = PromptConfig.baseline(task).replace(template="qa-label", fewshot=FewShot(k=2))
+# (task, --data, split, k): every task on its bundled data, and JSQuAD from ../shared
+EVAL_COMMANDS = [("qa", None, "test", 2), ("summary", None, "test", 1),
+                 ("instruct", None, "test", 0), ("qa", str(JSQUAD), "validation", 2)]
+
+
+@pytest.mark.parametrize(("task_name", "data", "split", "k"), EVAL_COMMANDS,
+                         ids=["qa", "summary", "instruct", "jsquad"])
+def test_eval_command_with_a_config_file(tmp_path: Path, task_name: str, data: str | None,
+                                         split: str, k: int) -> None:
+    task = load_task(task_name)
+    config = PromptConfig.baseline(task).replace(template=list(task.templates)[1],
+                                                 fewshot=FewShot(k=k))
+    config = config.replace(sampling=config.sampling.__class__(
+        **{**config.sampling.to_dict(), "max_tokens": min(config.sampling.max_tokens, 64)}))
     config.save(tmp_path / "best.yaml")
-    result = run_cli("eval", "--task", "qa", "--config", str(tmp_path / "best.yaml"),
-                     "--split", "test", "--max-examples", "12", "--out", str(tmp_path / "run"))
+    n = 6
+    result = run_cli("eval", "--task", task_name, "--config", str(tmp_path / "best.yaml"),
+                     "--split", split, "--max-examples", str(n), "--out", str(tmp_path / "run"),
+                     *(["--data", data] if data else []))
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     saved = json.loads((tmp_path / "run/metrics.json").read_text())
     assert saved["metrics"] == printed and saved["config"] == config.to_dict()
-    predictions = tmp_path / "run/predictions/test.jsonl"
-    assert len(predictions.read_text().splitlines()) == 12
-    refs = Path(__file__).resolve().parents[1] / "pipelines/tasks/data/qa/test.jsonl"
-    rows = [json.loads(line) for line in refs.read_text().splitlines()[:12]]
-    (tmp_path / "refs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                 for r in rows))
-    assert _rescore("qa", predictions, "--references", str(tmp_path / "refs.jsonl")) == \
-        pytest.approx(printed)
+    assert set(printed) == set(task.metrics)
+    predictions = tmp_path / f"run/predictions/{split}.jsonl"
+    parquet = predictions.with_suffix(".parquet")
+    assert len(predictions.read_text().splitlines()) == n and parquet.is_file()
+    for path in (predictions, parquet):  # the rows hold their references
+        assert _rescore(task_name, path) == pytest.approx(printed)
+    if data is None:  # and against the bundled split file, matched by id
+        refs = Path(__file__).resolve().parents[1] / f"pipelines/tasks/data/{task_name}/{split}.jsonl"
+        id_field = "key" if task_name == "instruct" else "id"
+        ids = {json.loads(line)["id"] for line in predictions.read_text().splitlines()}
+        rows = [line for line in refs.read_text().splitlines()
+                if str(json.loads(line)[id_field]) in ids]
+        (tmp_path / "refs.jsonl").write_text("\n".join(rows) + "\n")
+        assert _rescore(task_name, predictions, "--references", str(tmp_path / "refs.jsonl")) \
+            == pytest.approx(printed)
+
+
+def test_a_config_records_its_template_version(tmp_path: Path) -> None:
+    from promptsearch.pipelines.errors import UserError
+
+    config = PromptConfig.baseline(load_task("qa"))
+    config.save(tmp_path / "best.yaml")
+    text = (tmp_path / "best.yaml").read_text()
+    assert "template_version: 1" in text
+    assert PromptConfig.load(tmp_path / "best.yaml") == config
+    (tmp_path / "old.yaml").write_text(text.replace("template_version: 1", "template_version: 0"))
+    with pytest.raises(UserError, match="was version 0 when this config was made; this "
+                                        "promptsearch has version 1"):
+        PromptConfig.load(tmp_path / "old.yaml")
 
 
 def test_eval_bad_config_fails_before_any_engine(tmp_path: Path) -> None:
