@@ -333,12 +333,14 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
               help="Per replica; more wait in a queue.")
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(1),
               help="Beyond this many waiting, requests get 503.")
+@click.option("--retry-after", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds a 503 asks the client to wait (its Retry-After header).")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
               help="Largest max_tokens a request may ask for.")
 @click.pass_context
 def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: int,
            engines: int | None, auth_token: str | None, max_ongoing_requests: int,
-           max_queued_requests: int, max_tokens: int) -> None:
+           max_queued_requests: int, retry_after: float, max_tokens: int) -> None:
     """Serve a finished run's best configuration over HTTP with Ray Serve."""
     import signal
 
@@ -366,7 +368,8 @@ def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: in
         limits = ServeLimits(auth_token=auth_token, max_tokens=max_tokens)
         serve.run(build_app(run_dir, pool, limits=limits, replicas=replicas,
                             max_ongoing_requests=max_ongoing_requests,
-                            max_queued_requests=max_queued_requests),
+                            max_queued_requests=max_queued_requests,
+                            retry_after_s=retry_after),
                   name="promptsearch", route_prefix="/")
         click.echo(f"serving {spec.task} from {run_dir} at http://{host}:{port} "
                    f"(POST /v1/{spec.task}, /v1/chat/completions; GET /healthz); Ctrl-C stops",

@@ -104,7 +104,8 @@ class PromptSearch:
                                          chunks=chunks, fewshot=list(fewshot))
         # Trials only render, parse and score: engines hold the cores. A memory-only request
         # lets trials run beside engines that use every CPU.
-        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 256 * 2**20})
+        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 256 * 2**20,
+                                                    **_driver_node_resource()})
         trial_log = _trial_log()
         limiter = SlotLimiter(searcher, slots)
         tune_dir = (run_dir / "tune").resolve()
@@ -184,6 +185,15 @@ class PromptSearch:
             output_tokens=int(last.get("output_tokens", 0)),
             seconds=float(last.get("time_total_s", 0.0)),
             error=None if result.error is None else last_line(result.error))
+
+
+def _driver_node_resource() -> dict[str, float]:
+    """A sliver of the driver node's own resource, which pins every trial to that node:
+    trial checkpoints then go to the run directory's disk, and no node needs shared storage."""
+    import ray
+
+    node = f"node:{ray.util.get_node_ip_address()}"
+    return {node: 0.001} if node in ray.cluster_resources() else {}
 
 
 def _trial_log() -> Any:

@@ -194,12 +194,15 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 def build_app(run_dir: str | Path, pool: EnginePool, *, limits: ServeLimits | None = None,
               replicas: int = 1, max_ongoing_requests: int = 64,
-              max_queued_requests: int = 256) -> Any:
-    """The Serve application; beyond ``max_queued_requests`` waiting, Serve answers 503."""
+              max_queued_requests: int = 256, retry_after_s: float = 1.0) -> Any:
+    """The Serve application; beyond ``max_queued_requests`` waiting, Serve answers 503
+    with a ``Retry-After`` header."""
     from ray import serve
+    from ray.serve.config import BackpressureConfig
 
     deployment = serve.deployment(
         name="PromptService", num_replicas=replicas, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
+        backpressure_config=BackpressureConfig(retry_after_s=retry_after_s),
     )(serve.ingress(api)(PromptService))
     return deployment.bind(str(Path(run_dir).resolve()), pool, limits or ServeLimits())

@@ -157,3 +157,19 @@ def test_bad_space_fails_before_any_trial(tmp_path: Path, space: dict, message: 
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "trials.parquet").exists()
+
+
+def test_trials_are_pinned_to_the_driver_node(ray_session: None) -> None:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from promptsearch.search.driver import _driver_node_resource
+
+    pin = _driver_node_resource()
+    assert pin == {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    # Tune turns the trial's resources into a one-bundle placement group: Ray must place it.
+    pg = placement_group([{"CPU": 0.001, **pin}])
+    try:
+        assert ray.get(pg.ready(), timeout=30)
+    finally:
+        remove_placement_group(pg)

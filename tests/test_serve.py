@@ -181,7 +181,7 @@ def small_server(finished_run: Path, server: Server) -> Iterator[Server]:
     # session's engines do not fit in 24 GB together.
     server.stop()
     srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
-                 "--max-queued-requests", str(QUEUED))
+                 "--max-queued-requests", str(QUEUED), "--retry-after", "1.5")
     yield srv
     srv.stop()
 
@@ -202,6 +202,7 @@ def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Ser
     assert set(step.statuses) == {"200", "503"} and step.errors == 0, step
     assert step.ok > 0 and step.rejected > 0, step
     assert "max_queued_requests" in step.reject_sample["body"], step.reject_sample
+    assert step.reject_sample["retry_after"] == "2", step.reject_sample
     assert requests.get(small_server.url + "/healthz", timeout=10).json()["status"] == "ok"
     answer = _post(small_server, "/v1/qa", bodies[0], token=None)
     assert answer.status_code == 200 and isinstance(answer.json()["output"], str), answer.text
