@@ -347,3 +347,14 @@ def test_template_building_something_huge_is_refused_not_hung(source: str) -> No
     with pytest.raises(UserError, match=r"^template mine@v1 \(example q-7\): unsafe template"):
         render_template(source, {"id": "q-7", "question": "質問"}, name="template mine@v1")
     assert render_template("{{ '-' * 3 }}{{ 2 ** 10 }}", {}) == "---1024"
+
+
+def test_a_number_in_a_text_field_names_the_row_and_field(tmp_path) -> None:
+    from promptsearch.pipelines.taskdata import load_examples
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "a", "text": "本文です。", "summary": "要約"}\n'
+                    '{"id": "b", "text": "本文です。", "summary": 42}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"s\.jsonl line 2 \(id b\): field 'summary' must be "
+                                        r"text, got int '42'"):
+        load_examples(load_task("summary"), path)
