@@ -19,7 +19,6 @@ __all__ = [
     "decode_instructions",
     "load_hf_dataset",
     "load_jsquad",
-    "load_located_table",
     "load_mifeval",
     "load_table",
     "map_fields",
@@ -190,23 +189,14 @@ def load_table(
     *,
     required: Sequence[str],
     field_map: Mapping[str, str] | None = None,
-) -> list[dict]:
-    """Rows of a JSONL/Parquet/CSV file with columns renamed to canonical field names.
+) -> list[tuple[str, dict]]:
+    """Rows of a JSONL/Parquet/CSV file with columns renamed to canonical field names, each
+    with where it is in the file (e.g. ``"line 17"``).
 
     ``field_map`` maps canonical name -> column in the file. Every row must have a non-null
     value for every ``required`` field. If there is an ``id`` field, its values are turned
     into strings and must be present and unique.
     """
-    return [row for _, row in load_located_table(path, required=required, field_map=field_map)]
-
-
-def load_located_table(
-    path: str | Path,
-    *,
-    required: Sequence[str],
-    field_map: Mapping[str, str] | None = None,
-) -> list[tuple[str, dict]]:
-    """Like ``load_table`` but each row comes with where it is, e.g. ``"line 17"``."""
     path = Path(path)
     located = read_located_records(path)
     columns = list(dict.fromkeys(key for _, row in located for key in row))

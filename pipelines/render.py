@@ -14,7 +14,7 @@ from typing import Any
 from promptsearch.pipelines.errors import UserError, one_line
 
 _LARGEST = 1_000_000
-"""Largest power result or repeated sequence a template may build; beyond, it would hang."""
+"""Most items a template may build by repeating a sequence; beyond, rendering could hang."""
 
 
 @lru_cache(maxsize=1)
@@ -29,15 +29,11 @@ def _environment() -> Any:
             if operator == "**" and _big_power(left, right):
                 raise SecurityError(f"{left!r} ** {right!r} is too large to compute")
             if operator == "*" and _big_repeat(left, right):
-                raise SecurityError(f"a sequence repeated {max(left, right, key=_count)} times")
+                raise SecurityError(f"a sequence repeated to more than {_LARGEST} items")
             return super().call_binop(context, operator, left, right)
 
     return PromptEnvironment(undefined=StrictUndefined, autoescape=False,
                              keep_trailing_newline=True)
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) else 0
 
 
 def _big_power(base: Any, exponent: Any) -> bool:

@@ -18,8 +18,8 @@ from promptsearch.pipelines.datasets import (
     decode_instructions,
     load_hf_dataset,
     load_jsquad,
-    load_located_table,
     load_mifeval,
+    load_table,
     map_fields,
     split_records,
 )
@@ -65,7 +65,7 @@ def load_examples(task: Task, source: str | Path, *,
         required = [task.id_field, *task.input_fields]
         if references:
             required += list(task.reference_fields)
-        located = load_located_table(path, required=required, field_map=field_map)
+        located = load_table(path, required=required, field_map=field_map)
         places = [where for where, _ in located]
         rows = [row for _, row in located]
     if not rows:
@@ -82,11 +82,19 @@ def checked_example(task: Task, row: Mapping[str, Any], *, where: str,
     """
     task.check_example(row, where=where, references=references)
     example = dict(row)
+    lists: set[str] = set()
     if task.name == "qa" and example.get("answers") is not None:
         example["answers"] = decode_answers(example["answers"], where)
+        lists.add("answers")
     if task.name == "instruct" and (example.get("instruction_id_list") is not None
                                     or example.get("kwargs") is not None):
         example["instruction_id_list"], example["kwargs"] = decode_instructions(example, where)
+        lists.update(("instruction_id_list", "kwargs"))
+    texts = [*task.input_fields, *(task.reference_fields if references else ())]
+    for name in texts:  # a number or a list in a text field is a mapping mistake
+        if name not in lists and not isinstance(example[name], str):
+            raise UserError(f"{where}: field {name!r} must be text, got "
+                            f"{type(example[name]).__name__} {str(example[name])[:40]!r}")
     return example
 
 

@@ -13,7 +13,6 @@ from promptsearch.pipelines.datasets import (
     decode_instructions,
     load_hf_dataset,
     load_jsquad,
-    load_located_table,
     load_mifeval,
     load_table,
     split_records,
@@ -279,7 +278,7 @@ def test_load_table_with_field_map(tmp_path: Path) -> None:
         required=["question", "answer"],
         field_map={"id": "qid", "question": "text", "answer": "gold"},
     )
-    assert rows == [
+    assert [row for _, row in rows] == [
         {"extra": "x", "id": "q1", "question": "東京は?", "answer": "首都"},
         {"extra": None, "id": "q2", "question": "大阪は?", "answer": "都市"},
     ]
@@ -324,13 +323,13 @@ def test_load_table_duplicate_id(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"qa\.jsonl: duplicate id 7"):
         load_table(path, required=["q"])
     rows = load_table(_write_jsonl(tmp_path / "ok.jsonl", [{"id": 7, "q": "a"}]), required=["q"])
-    assert rows == [{"id": "7", "q": "a"}]
+    assert rows == [("line 1", {"id": "7", "q": "a"})]
 
 
-def test_load_located_table_says_where_each_row_is(tmp_path: Path) -> None:
+def test_load_table_says_where_each_row_is(tmp_path: Path) -> None:
     path = tmp_path / "qa.jsonl"
     path.write_text('{"id": 1, "q": "a"}\n\n{"id": 2, "q": "b"}\n', "utf-8")
-    assert load_located_table(path, required=["q"]) == [
+    assert load_table(path, required=["q"]) == [
         ("line 1", {"id": "1", "q": "a"}),
         ("line 3", {"id": "2", "q": "b"}),
     ]

@@ -15,8 +15,6 @@ from promptsearch.pipelines.render import template_fields
 from promptsearch.pipelines.sampling import Sampling
 
 TASK_DIR = Path(__file__).parent
-_STRUCTURED = frozenset({"answers", "instruction_id_list", "kwargs"})
-"""Reference fields that hold lists (checked by their decoders); every other field is text."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +108,6 @@ class Task:
             if example.get(name) in (None, ""):
                 raise UserError(f"{where}: missing field {name!r} (task {self.name} needs "
                                 f"{', '.join(needed)})")
-        texts = [*self.input_fields, *(self.reference_fields if references else ())]
-        for name in texts:  # a number or a list in a text field is a mapping mistake
-            if name not in _STRUCTURED and not isinstance(example[name], str):
-                raise UserError(f"{where}: field {name!r} must be text, got "
-                                f"{type(example[name]).__name__} {str(example[name])[:40]!r}")
 
     def example_id(self, example: Mapping[str, Any]) -> str:
         return str(example[self.id_field])
