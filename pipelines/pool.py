@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -98,12 +99,8 @@ class EnginePool:
         self._tokenizer: Any = None
         self._placement_groups: list[Any] = []
         self._actors: list[Any] = []
-        self._cache: Any = None
-        if cache:
-            from promptsearch.pipelines.cache import start_cache
-
-            directory = cache_dir() / "generations" if cache is True else Path(cache)
-            self._cache = start_cache(directory)
+        self._cache: Any = _start_cache(cache)
+        self._owns_engines = True
         self._check_resources(engines)
         try:
             for i in range(engines):
@@ -297,6 +294,23 @@ class EnginePool:
         return max(1, min(self.chunk_tokens,
                           -(-total // (self.engines * self.chunks_in_flight))))
 
+    def with_cache(self, cache: bool | str | Path, *,
+                   max_model_len: int | None = None) -> EnginePool:
+        """The same engines behind another generation cache (``True``: the default directory,
+        read now; ``False``: none), optionally checking prompts against a shorter context
+        than the engines have. Shutting the view down stops only its cache: one pool serves
+        many commands in one process (the test suite's session pool)."""
+        if max_model_len is not None and max_model_len > self.config.max_model_len:
+            raise ValueError(f"max_model_len {max_model_len} exceeds the engines' "
+                             f"{self.config.max_model_len}")
+        view = copy.copy(self)
+        if max_model_len is not None:
+            view.config = replace(self.config, max_model_len=max_model_len)
+        view._cache = _start_cache(cache)
+        view._owns_engines = False
+        view._placement_groups = []
+        return view
+
     def cache_stats(self) -> dict[str, int]:
         import ray
 
@@ -308,7 +322,7 @@ class EnginePool:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for actor in self._actors:
+        for actor in self._actors if self._owns_engines else []:
             with contextlib.suppress(Exception):
                 ray.get(actor.shutdown.options(max_task_retries=0).remote(), timeout=30)
             ray.kill(actor, no_restart=True)
@@ -325,6 +339,14 @@ class EnginePool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _start_cache(cache: bool | str | Path) -> Any:
+    if not cache:
+        return None
+    from promptsearch.pipelines.cache import start_cache
+
+    return start_cache(cache_dir() / "generations" if cache is True else Path(cache))
 
 
 def _short_name(model: str) -> str:

@@ -210,12 +210,13 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
 @contextlib.contextmanager
 def _engine_pool(spec: RunSpec, pool: EnginePool | None) -> Iterator[EnginePool]:
     """``pool`` if given (its owner shuts it down), else a new one for this run."""
+    from promptsearch.search.runtime import engine_pool
+
     if pool is not None:
         yield pool
         return
-    with EnginePool(spec.model, engines=spec.engines, cpus_per_engine=spec.cpus_per_engine,
-                    tensor_parallel_size=spec.tensor_parallel_size,
-                    max_model_len=spec.max_model_len, cache=True) as own:
+    with engine_pool(spec.model, spec.engines, spec.cpus_per_engine, spec.tensor_parallel_size,
+                     spec.max_model_len, cache=True) as own:
         yield own
 
 

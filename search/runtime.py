@@ -50,18 +50,41 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+_shared_pool: Any = None
+
+
+@contextlib.contextmanager
+def shared_engines(pool: Any) -> Iterator[None]:
+    """Every command run in this process while the block is open uses ``pool``'s engines
+    (when it asks for the same model) instead of starting its own: how the test suite keeps
+    one engine pool for the whole session while calling the CLI in-process."""
+    global _shared_pool
+    previous, _shared_pool = _shared_pool, pool
+    try:
+        yield
+    finally:
+        _shared_pool = previous
+
+
 @contextlib.contextmanager
 def engine_pool(model: str, engines: int | None, cpus_per_engine: int, tensor_parallel_size: int,
-                max_model_len: int, *, verbose: bool = False) -> Iterator[Any]:
-    """Start Ray and the pool; always shut the engines down, Ctrl-C included."""
+                max_model_len: int, *, verbose: bool = False,
+                cache: bool = False) -> Iterator[Any]:
+    """Start Ray and the pool; always shut the engines down, Ctrl-C included. ``cache``:
+    use the generation cache under ``PROMPTSEARCH_CACHE``."""
     from promptsearch.pipelines.models import resolve_model
     from promptsearch.pipelines.pool import EnginePool
 
     resolve_model(model)  # a bad --model fails here, before Ray starts
     init_ray(verbose=verbose)
-    log.info("starting engines for %s", model)
-    pool = EnginePool(model, engines=engines, cpus_per_engine=cpus_per_engine,
-                      tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+    if _shared_pool is not None and _shared_pool.model_name == model \
+            and _shared_pool.config.max_model_len >= max_model_len:
+        pool = _shared_pool.with_cache(cache, max_model_len=max_model_len)
+    else:
+        log.info("starting engines for %s", model)
+        pool = EnginePool(model, engines=engines, cpus_per_engine=cpus_per_engine,
+                          tensor_parallel_size=tensor_parallel_size,
+                          max_model_len=max_model_len, cache=cache)
     try:
         yield pool
     finally:
