@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,6 +77,18 @@ class Generation:
         return self.error is None
 
 
+@dataclass
+class EngineStats:
+    """How much work one engine did, and how full it was kept."""
+
+    requests: int = 0
+    output_tokens: int = 0
+    busy_seconds: float = 0.0
+    """Wall time with at least one request in flight."""
+    peak_in_flight: int = 0
+    """Most requests in flight at once: the largest batch vLLM could form."""
+
+
 def _claim_cores(n: int) -> tuple[list[int], IO[str] | None]:
     """Take the first free block of ``n`` cores on this node, held by an flock.
 
@@ -114,6 +126,8 @@ class EngineActor:
         self.requests = 0
         self._tags = {"engine": name, "model": config.model_name or config.model}
         self._depth = {"waiting": 0, "running": 0}
+        self._stats = EngineStats()
+        self._busy_since = 0.0
         self._core_lock: IO[str] | None = None
         self.cores: list[int] = []
         if config.device == "cpu":
@@ -153,6 +167,18 @@ class EngineActor:
         return {"name": self.name, "pid": os.getpid(),
                 "cores": self.cores, "requests": self.requests}
 
+    def stats(self, reset: bool = False) -> EngineStats:
+        """Counters since the start (or the last reset): how full the engine was kept."""
+        stats = replace(self._stats, busy_seconds=self._stats.busy_seconds + (
+            time.perf_counter() - self._busy_since if self._in_flight() else 0.0))
+        if reset:
+            self._stats = EngineStats()
+            self._busy_since = time.perf_counter()
+        return stats
+
+    def _in_flight(self) -> int:
+        return self._depth["waiting"] + self._depth["running"]
+
     async def generate(self, batch: list[tuple[list[int], Sampling]]) -> list[Generation]:
         """Generate every (token ids, sampling) pair concurrently; errors stay per row."""
         self.requests += len(batch)
@@ -181,14 +207,24 @@ class EngineActor:
             self._enter(None, state)
 
     def _enter(self, state: str | None, previous: str | None = None) -> str | None:
-        """Move one request between queue states and export the engine's queue depth."""
+        """Move one request between queue states; export the engine's queue depth and keep
+        its busy time and peak of requests in flight."""
+        before = self._in_flight()
         for changed, step in ((previous, -1), (state, 1)):
             if changed is not None:
                 self._depth[changed] += step
                 telemetry.QUEUE_DEPTH.set(self._depth[changed], state=changed, **self._tags)
+        now, after = time.perf_counter(), self._in_flight()
+        if before == 0 and after > 0:
+            self._busy_since = now
+        elif before > 0 and after == 0:
+            self._stats.busy_seconds += now - self._busy_since
+        self._stats.peak_in_flight = max(self._stats.peak_in_flight, after)
         return state
 
     def _record(self, gens: list[Generation]) -> None:
+        self._stats.requests += len(gens)
+        self._stats.output_tokens += sum(g.output_tokens for g in gens)
         ok = sum(g.ok for g in gens)
         telemetry.REQUESTS.inc(ok, status="ok", **self._tags)
         telemetry.REQUESTS.inc(len(gens) - ok, status="error", **self._tags)

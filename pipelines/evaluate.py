@@ -42,12 +42,62 @@ def score_rows(task: Task, examples: Sequence[Example],
     return per_row, task.aggregate(per_row)
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """One configuration over one set of examples."""
+
+    config: PromptConfig
+    examples: Sequence[Example]
+
+
 def evaluate(task: Task, config: PromptConfig, examples: Sequence[Example], *,
              pool: EnginePool, fewshot: Sequence[Example],
              progress: Progress | None = None) -> EvalResult:
+    return evaluate_many(task, [EvalJob(config, examples)], pool=pool, fewshot=fewshot,
+                         progress=progress)[0]
+
+
+def evaluate_many(task: Task, jobs: Sequence[EvalJob], *, pool: EnginePool,
+                  fewshot: Sequence[Example], progress: Progress | None = None,
+                  ) -> list[EvalResult]:
+    """Several configurations in one call to the pool, so the engines batch them together
+    (the final run: best on validation and test, baseline on test)."""
     start = time.perf_counter()
-    requests = render_requests(task, config, examples, fewshot)
-    gens = pool.generate(requests, config.sampling, progress=progress)
+    requests, samplings = _render(task, jobs, fewshot)
+    gens = pool.generate(requests, samplings, progress=progress)
+    return _results(task, jobs, gens, time.perf_counter() - start)
+
+
+async def evaluate_many_async(task: Task, jobs: Sequence[EvalJob], *, pool: EnginePool,
+                              fewshot: Sequence[Example]) -> list[EvalResult]:
+    start = time.perf_counter()
+    requests, samplings = _render(task, jobs, fewshot)
+    gens = await pool.generate_async(requests, samplings)
+    return _results(task, jobs, gens, time.perf_counter() - start)
+
+
+def _render(task: Task, jobs: Sequence[EvalJob],
+            fewshot: Sequence[Example]) -> tuple[list[Any], list[Any]]:
+    requests, samplings = [], []
+    for job in jobs:
+        rendered = render_requests(task, job.config, job.examples, fewshot)
+        requests += rendered
+        samplings += [job.config.sampling] * len(rendered)
+    return requests, samplings
+
+
+def _results(task: Task, jobs: Sequence[EvalJob], gens: Sequence[Generation],
+             seconds: float) -> list[EvalResult]:
+    results, start = [], 0
+    for job in jobs:
+        part = gens[start:start + len(job.examples)]
+        start += len(job.examples)
+        results.append(_result(task, job.config, job.examples, part, seconds))
+    return results
+
+
+def _result(task: Task, config: PromptConfig, examples: Sequence[Example],
+            gens: Sequence[Generation], seconds: float) -> EvalResult:
     _raise_on_failed_rows(task, examples, gens)
     outputs = [parse_output(g.text, config.parse) for g in gens]
     rows = []
@@ -67,7 +117,7 @@ def evaluate(task: Task, config: PromptConfig, examples: Sequence[Example], *,
                       cached=sum(g.cached for g in gens),
                       prompt_tokens=sum(g.prompt_tokens for g in gens),
                       output_tokens=sum(g.output_tokens for g in gens),
-                      seconds=time.perf_counter() - start)
+                      seconds=seconds)
 
 
 class GenerationFailed(UserError):

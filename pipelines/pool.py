@@ -181,6 +181,12 @@ class EnginePool:
 
         return [1 + actors(actor_id=a._actor_id.hex())["NumRestarts"] for a in self._actors]
 
+    def engine_stats(self, reset: bool = False) -> list[Any]:
+        """Each engine's ``EngineStats`` (requests, tokens, busy time, peak in flight)."""
+        import ray
+
+        return ray.get([a.stats.remote(reset) for a in self._actors])
+
     def engine_info(self) -> list[dict[str, Any]]:
         import ray
 

@@ -262,8 +262,9 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
               type=click.Choice(["halving", "asha"]),
               help="Early stopping: synchronous successive halving, or ASHA for many "
                    "concurrent trials.")
-@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
-              help="Trials at once; above 1 the trial sequence depends on timing.")
+@click.option("--concurrency", type=click.IntRange(1),
+              help="With --scheduler asha: trials at once [default: 1]; above 1 the trial "
+                   "sequence depends on timing. Halving runs each bracket's trials together.")
 @click.option("--trial-retries", default=1, show_default=True, type=click.IntRange(0),
               help="Retries of a trial that failed (from its last chunk); then it is "
                    "recorded as failed, never scored 0.")
@@ -280,7 +281,7 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
 @click.pass_context
 def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path | None,
         trials: int, time_budget: float | None, seed: int, chunks: int, scheduler: str,
-        concurrency: int, trial_retries: int, max_validation: int | None,
+        concurrency: int | None, trial_retries: int, max_validation: int | None,
         max_test: int | None, out: Path | None, force: bool, resume: Path | None,
         **engine: Any) -> None:
     """Search prompt configurations on validation, then run the best one on test."""

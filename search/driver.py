@@ -1,9 +1,10 @@
-"""``PromptSearch``: Ray Tune + OptunaSearch (seeded TPE) + early stopping over validation
+"""``PromptSearch``: Ray Tune + an Optuna study (seeded TPE) + early stopping over validation
 chunks, by synchronous successive halving (the default, see ``halving.py``) or ASHA.
 
-The baseline configuration is the first trial. Trials share the engine pool the driver built;
-with the default concurrency of 1 the trial sequence is a function of the seed alone, which is
-what makes ``--resume`` (a replay served from the generation cache) give the same result.
+The baseline configuration is the first trial. A bracket's trials run together and share the
+engine pool the driver built, through one ``TrialEvaluator``; the trial sequence is a function
+of the seed alone (``plan.py``), which is what makes ``--resume`` (a replay served from the
+generation cache) give the same result.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from promptsearch.pipelines.config import PromptConfig
 from promptsearch.pipelines.errors import UserError, last_line
 from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.tasks import Task
-from promptsearch.search.slots import SlotLimiter, TrialSlots
+from promptsearch.search.evaluator import start_evaluator
+from promptsearch.search.halving import SyncHalvingScheduler, bracket_size, milestones
+from promptsearch.search.plan import BracketPlan
+from promptsearch.search.searcher import StudySearcher, config_identity
 from promptsearch.search.space import SearchSpace
 from promptsearch.search.trial import run_trial, validation_chunks
 
@@ -29,10 +33,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrialRecord:
     number: int
+    """The trial's number in the Optuna study (``optuna.db``), in suggestion order."""
     params: dict[str, Any]
     config: dict[str, Any]
     state: str
-    """``complete`` (every chunk), ``pruned`` (stopped early by the scheduler) or ``error``."""
+    """``complete`` (every chunk), ``pruned`` (stopped early by the scheduler), ``error``, or
+    ``duplicate`` (a repeat of trial ``duplicate_of``'s configuration, not run again)."""
     score: float | None
     chunk_scores: list[float]
     generations: int = 0
@@ -44,6 +50,7 @@ class TrialRecord:
     failures: int = 0
     """Attempts that raised or whose process died; a trial is retried ``max_failures`` times
     (resuming from its last chunk) before it is recorded as ``error``."""
+    duplicate_of: int | None = None
 
 
 @dataclass
@@ -63,15 +70,17 @@ class PromptSearch:
     """Settings of the searcher; the data comes in ``search``."""
 
     trials: int = 16
-    concurrency: int = 1
+    """Distinct configurations to run (a repeated suggestion does not count)."""
     chunks: int = 4
     seed: int = 0
     time_budget_s: float | None = None
     reduction_factor: int = 3
     """The scheduler keeps the best 1/reduction_factor of trials at each rung (eta)."""
     scheduler: str = "halving"
-    """``halving`` (synchronous successive halving: cheapest when trials run one at a time)
-    or ``asha`` (asynchronous: for many concurrent trials on a large cluster)."""
+    """``halving`` (synchronous successive halving; a bracket's trials run together) or
+    ``asha`` (asynchronous: for many concurrent trials on a large cluster)."""
+    concurrency: int = 1
+    """With ``asha``: trials suggested and run together."""
     max_failures: int = 1
     """Retries of a trial that raised or whose process died (a failed trial has no score:
     it is never counted as 0)."""
@@ -83,59 +92,73 @@ class PromptSearch:
         """Search ``self.trials`` configurations; or exactly ``candidates`` (Optuna params,
         the baseline's first), in order, when given."""
         import optuna
+        import ray
         from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search import ConcurrencyLimiter
 
         baseline = PromptConfig.baseline(task)
         points = list(candidates) if candidates else [space.params_of(baseline)]
         chunks = validation_chunks(list(validation), self.chunks)
+        n_chunks = len(chunks)
+        total = len(points) if candidates else self.trials
+        plan, scheduler, marks = self._schedule(n_chunks, total)
         study_path = run_dir / "optuna.db"
         study_path.unlink(missing_ok=True)  # a replay must not see the trials of an earlier try
         storage = f"sqlite:///{study_path.resolve()}"
-        searcher = OptunaSearch(
-            space=space.suggest, metric="score", mode="max",
-            sampler=optuna.samplers.TPESampler(seed=self.seed),
-            points_to_evaluate=points,
-            storage=optuna.storages.RDBStorage(storage), study_name=f"promptsearch-{task.name}")
-        num_samples = len(points) if candidates else self.trials
-        slots = TrialSlots(limit=self.concurrency)
-        scheduler = self._scheduler(len(chunks), num_samples, slots)
-        trainable = tune.with_parameters(run_trial, pool=pool, task_name=task.name, space=space,
-                                         chunks=chunks, fewshot=list(fewshot))
-        # Trials only render, parse and score: engines hold the cores. A memory-only request
-        # lets trials run beside engines that use every CPU.
-        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 256 * 2**20,
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            storage=storage, study_name=f"promptsearch-{task.name}", direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=self.seed, constant_liar=True))
+        searcher = StudySearcher(
+            study=study, suggest=space.suggest, plan=plan, points_to_evaluate=points,
+            identity=lambda p: config_identity(space.to_config(task, p).to_dict()),
+            n_chunks=n_chunks)
+        evaluator = start_evaluator(task.name, space, chunks, fewshot, pool)
+        trainable = tune.with_parameters(run_trial, evaluator=evaluator, milestones=marks,
+                                         n_chunks=n_chunks)
+        # Trials only wait on the evaluator: engines hold the cores. A memory-only request
+        # lets them run beside engines that use every CPU.
+        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20,
                                                     **_driver_node_resource()})
         trial_log = _trial_log()
-        limiter = SlotLimiter(searcher, slots)
         tune_dir = (run_dir / "tune").resolve()
         shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=limiter,
+                # The limiter only tells Tune how many trials may wait to start at once; the
+                # searcher decides when a bracket begins.
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=2 * max(plan.sizes)),
                 scheduler=scheduler, time_budget_s=self.time_budget_s,
-                num_samples=num_samples,
+                num_samples=total,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                reuse_actors=True),  # no new process (and imports) per trial
+                reuse_actors=True),  # no new process per trial
             run_config=tune.RunConfig(
                 name="search", storage_path=str(tune_dir), verbose=0,
                 callbacks=[*callbacks, trial_log],
                 failure_config=tune.FailureConfig(max_failures=self.max_failures)),
         )
-        grid = tuner.fit()
-        # Number trials in the order they were suggested; the grid's own order moves a
-        # trial that was retried.
-        if len(limiter.suggested) != len(grid):
-            raise RuntimeError("Tune ran a copy of the search algorithm")
-        results = sorted(grid, key=lambda r: limiter.position(Path(r.path).name.split("_")[1]))
+        try:
+            grid = tuner.fit()
+        finally:
+            ray.kill(evaluator, no_restart=True)
+        searcher.finish()
+        results = {Path(r.path).name.split("_")[1]: r for r in grid}
         records = []
-        for number, result in enumerate(results):
-            name = Path(result.path).name
-            records.append(self._record(number, result, result.config or trial_log.configs[name],
-                                        task, space, len(chunks)))
-            records[-1].failures = trial_log.failures(name)
-        if not records or records[0].params != space.params_of(baseline):
+        for outcome in searcher.outcomes:
+            result = results.get(outcome.trial_id or "")
+            config = space.to_config(task, outcome.params).to_dict()
+            if result is None:  # a repeat, never run
+                records.append(TrialRecord(
+                    number=outcome.number, params=outcome.params, config=config,
+                    state=outcome.state, score=None, chunk_scores=[],
+                    duplicate_of=outcome.duplicate_of))
+                continue
+            record = self._record(outcome.number, result, outcome.params, config,
+                                  outcome.state)
+            record.failures = trial_log.failures(Path(result.path).name)
+            records.append(record)
+        if not records or records[0].params != points[0]:
             raise RuntimeError("the baseline did not run as the first trial")
         complete = [r for r in records if r.state == "complete"]
         if not complete:
@@ -145,39 +168,42 @@ class PromptSearch:
         return SearchResult(trials=records, best=best, baseline=records[0],
                             best_config=space.to_config(task, best.params),
                             baseline_config=baseline, study_storage=storage,
-                            tune_dir=tune_dir / "search")
+                            tune_dir=tune_dir / "search",
+                            metadata={"exhausted": searcher.exhausted})
 
-    def _scheduler(self, n_chunks: int, num_samples: int, slots: TrialSlots) -> Any:
+    def _schedule(self, n_chunks: int, total: int) -> tuple[BracketPlan, Any, list[int]]:
+        """The bracket plan, Tune's scheduler, and the chunks at which it decides."""
         from ray.tune.schedulers import ASHAScheduler
 
-        from promptsearch.search.halving import SyncHalvingScheduler
-
+        marks = milestones(n_chunks, self.reduction_factor)
         if self.scheduler == "asha":
-            return ASHAScheduler(time_attr="chunk", metric="score", mode="max", max_t=n_chunks,
-                                 grace_period=1, reduction_factor=self.reduction_factor)
+            size = max(1, self.concurrency)
+            plan = BracketPlan([min(size, total - i) for i in range(0, total, size)],
+                               overlap=False)
+            return plan, ASHAScheduler(time_attr="chunk", metric="score", mode="max",
+                                       max_t=n_chunks, grace_period=1,
+                                       reduction_factor=self.reduction_factor), marks
         if self.scheduler != "halving":
             raise UserError(f"scheduler: unknown {self.scheduler!r}; use 'halving' or 'asha'")
-        return SyncHalvingScheduler(time_attr="chunk", metric="score", mode="max",
-                                    max_t=n_chunks, reduction_factor=self.reduction_factor,
-                                    num_samples=num_samples, slots=slots)
+        size = bracket_size(n_chunks, self.reduction_factor)
+        # Without a cut before the last chunk there is no first rung to wait for.
+        plan = BracketPlan([min(size, total - i) for i in range(0, total, size)],
+                           overlap=len(marks) > 1)
+        return plan, SyncHalvingScheduler(plan=plan, max_t=n_chunks,
+                                          reduction_factor=self.reduction_factor), marks
 
     @staticmethod
-    def _record(number: int, result: Any, params: dict[str, Any], task: Task,
-                space: SearchSpace, n_chunks: int) -> TrialRecord:
+    def _record(number: int, result: Any, params: dict[str, Any], config: dict[str, Any],
+                state: str) -> TrialRecord:
         # The last report carries the whole run of chunk scores and counts (Tune's metrics
         # frame would hold only the reports since a trial's last restore).
         last = dict(result.metrics or {})
         if "score" not in last:  # died before its first report
             last = {}
-        params = dict(params)
         if result.error is not None:
             state = "error"
-        elif last.get("chunk") == n_chunks:
-            state = "complete"
-        else:
-            state = "pruned"
         return TrialRecord(
-            number=number, params=params, config=space.to_config(task, params).to_dict(),
+            number=number, params=dict(params), config=config,
             state=state, score=None if state == "error" else last.get("score"),
             chunk_scores=list(last.get("chunk_scores", [])),
             generations=int(last.get("generations", 0)), cached=int(last.get("cached", 0)),

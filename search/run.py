@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.evaluate import EvalResult, evaluate, has_references
+from promptsearch.pipelines.evaluate import EvalJob, EvalResult, evaluate_many, has_references
 from promptsearch.pipelines.models import DEFAULT_MODEL
 from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.prompts import demo_pool
@@ -60,7 +60,9 @@ class RunSpec:
     trials: int = 16
     seed: int = 0
     chunks: int = 4
-    concurrency: int = 1
+    concurrency: int | None = None
+    """With ``scheduler: asha``, trials run together (default 1); halving runs each
+    bracket's trials together."""
     scheduler: str = "halving"
     trial_retries: int = 1
     time_budget_s: float | None = None
@@ -70,6 +72,11 @@ class RunSpec:
     max_model_len: int = 4096
     max_validation: int | None = None
     max_test: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.scheduler != "asha":
+            raise UserError("concurrency applies to scheduler asha; halving runs each "
+                            "bracket's trials together")
 
     @classmethod
     def load(cls, run_dir: Path) -> RunSpec:
@@ -176,7 +183,7 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
 
     write_text(run_dir / "space.yaml", plan.space_text)
     spec.save(run_dir)
-    searcher = PromptSearch(trials=spec.trials, concurrency=spec.concurrency,
+    searcher = PromptSearch(trials=spec.trials, concurrency=spec.concurrency or 1,
                             chunks=spec.chunks, seed=spec.seed, time_budget_s=spec.time_budget_s,
                             scheduler=spec.scheduler, max_failures=spec.trial_retries)
     init_ray(verbose=verbose)
@@ -185,22 +192,21 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
         check_prompts_fit(task, space, [*data.validation, *data.test], fewshot,
                           tokenizer=pool.tokenizer, max_model_len=pool.config.max_model_len)
         print_budget(spec, space, data.validation, pool)
+        n_chunks = min(spec.chunks, len(data.validation))
         result = searcher.search(task, space=space, validation=data.validation,
                                  fewshot=fewshot, pool=pool, run_dir=run_dir,
-                                 callbacks=[trial_progress(spec.trials, spec.chunks,
+                                 callbacks=[trial_progress(spec.trials, n_chunks,
                                                            task=task.name, model=spec.model)])
-        final = {
-            "validation": evaluate(task, result.best_config, data.validation, pool=pool,
-                                   fewshot=fewshot,
-                                   progress=line("best", "validation", len(data.validation))),
-            "test": evaluate(task, result.best_config, data.test, pool=pool, fewshot=fewshot,
-                             progress=line("best", "test", len(data.test))),
-        }
-        baseline_test = None
+        # One stream for the engines: best on validation and test, baseline on test.
+        jobs = [EvalJob(result.best_config, data.validation),
+                EvalJob(result.best_config, data.test)]
         if has_references(task, data.test):
-            baseline_test = evaluate(task, result.baseline_config, data.test, pool=pool,
-                                     fewshot=fewshot,
-                                     progress=line("baseline", "test", len(data.test)))
+            jobs.append(EvalJob(result.baseline_config, data.test))
+        rows = sum(len(job.examples) for job in jobs)
+        finals = evaluate_many(task, jobs, pool=pool, fewshot=fewshot,
+                               progress=line("best and baseline", "validation and test", rows))
+        final = {"validation": finals[0], "test": finals[1]}
+        baseline_test = finals[2] if len(finals) > 2 else None
         cache = pool.cache_stats()
         model_loads = pool.load_counts()
     return write_outputs(run_dir, spec, task, data.source, result, final, baseline_test,

@@ -1,10 +1,11 @@
 """One trial: a configuration scored chunk by chunk on the validation split.
 
-After each chunk the trial reports the score over every row seen so far (a running value of
-the split-level metric), so that when ASHA stops a trial early the value Optuna records is
-comparable with a finished trial's. Each report carries a checkpoint (chunks done, counts), so
-a trial that the scheduler pauses at a rung, or that fails, resumes where it stopped: the rows
-of its finished chunks are read back from the generation cache, not generated again.
+The trial itself is thin: the ``TrialEvaluator`` actor does the work, chunks up to the next
+rung in one call. After each chunk the trial reports the score over every row seen so far (a
+running value of the split-level metric), so that a trial stopped early has a value
+comparable with a finished trial's. Each report carries a checkpoint, so a trial whose
+process dies resumes where it stopped; it first reports its last chunk again, so that the
+scheduler can hold it at a rung or let it go on as it decided.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.evaluate import evaluate
-from promptsearch.pipelines.pool import EnginePool
-from promptsearch.pipelines.tasks import load_task
-from promptsearch.search.space import SearchSpace
+COUNTS = ("generations", "cached", "prompt_tokens", "output_tokens")
 
 
 def validation_chunks(examples: Sequence[Any], n: int) -> list[list[Any]]:
@@ -33,32 +31,32 @@ def validation_chunks(examples: Sequence[Any], n: int) -> list[list[Any]]:
     return chunks
 
 
-def run_trial(params: dict[str, Any], *, pool: EnginePool, task_name: str, space: SearchSpace,
-              chunks: list[list[dict[str, Any]]], fewshot: list[dict[str, Any]]) -> None:
+def run_trial(params: dict[str, Any], *, evaluator: Any, milestones: Sequence[int],
+              n_chunks: int) -> None:
+    import ray
     from ray import tune
 
-    task = load_task(task_name)
-    config = space.to_config(task, params)
-    state = _restore() or {"chunk": 0, "chunk_scores": [], "totals": {
-        "generations": 0, "cached": 0, "prompt_tokens": 0, "output_tokens": 0}}
+    state = _restore()
+    if state is not None:
+        tune.report(state["last"])  # where it stopped: the scheduler holds or releases it
+    else:
+        state = {"chunk": 0, "chunk_scores": [], "totals": dict.fromkeys(COUNTS, 0)}
     totals, chunk_scores = state["totals"], state["chunk_scores"]
-    rows: list[dict[str, Any]] = []
-    for done in chunks[:state["chunk"]]:  # a resumed trial: its rows come from the cache
-        rows += evaluate(task, config, done, pool=pool, fewshot=fewshot).rows
-    for number in range(state["chunk"] + 1, len(chunks) + 1):
-        result = evaluate(task, config, chunks[number - 1], pool=pool, fewshot=fewshot)
-        rows += result.rows
-        running = task.aggregate(rows)
-        for key in totals:
-            totals[key] += getattr(result, key)
-        chunk_scores.append(result.metrics[task.primary_metric])
-        metrics = {"score": running[task.primary_metric], "chunk": number,
-                   "chunk_score": chunk_scores[-1], "chunk_scores": list(chunk_scores),
-                   **{f"metric/{m}": v for m, v in running.items()}, **totals}
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / _STATE).write_text(json.dumps(
-                {"chunk": number, "chunk_scores": chunk_scores, "totals": totals}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    while state["chunk"] < n_chunks:
+        first = state["chunk"] + 1
+        last = min([m for m in milestones if m >= first] + [n_chunks])
+        for report in ray.get(evaluator.evaluate.remote(params, first, last)):
+            for key in COUNTS:
+                totals[key] += report[key]
+            chunk_scores.append(report["chunk_score"])
+            metrics = {"score": report["score"], "chunk": report["chunk"],
+                       "chunk_score": report["chunk_score"], "chunk_scores": list(chunk_scores),
+                       **{f"metric/{m}": v for m, v in report["metrics"].items()}, **totals}
+            state = {"chunk": report["chunk"], "chunk_scores": chunk_scores, "totals": totals,
+                     "last": metrics}
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / _STATE).write_text(json.dumps(state))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 _STATE = "trial_state.json"
