@@ -120,6 +120,7 @@ class PromptSearch:
         # lets them run beside engines that use every CPU.
         trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20,
                                                     **_driver_node_resource()})
+        _quiet_tune()
         trial_log = _trial_log()
         tune_dir = (run_dir / "tune").resolve()
         shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
@@ -211,6 +212,17 @@ class PromptSearch:
             output_tokens=int(last.get("output_tokens", 0)),
             seconds=float(last.get("time_total_s", 0.0)),
             error=None if result.error is None else last_line(result.error))
+
+
+def _quiet_tune() -> None:
+    """Tune's banners, TensorBoard hint and notices are not promptsearch's: without ``-v``
+    the terminal shows our progress lines only (Tune's errors still show)."""
+    import os
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _driver_node_resource() -> dict[str, float]:

@@ -78,8 +78,8 @@ def trial_progress(total: int, chunks: int, *, task: str = "", model: str = "") 
             cached = sum(r["cached"] for r in self.last.values())
             running = sum(t.status == "RUNNING" for t in trials)
             best = "-" if self.best is None else f"{self.best:.2f}"
-            params = " ".join(f"{k}={v}" for k, v in trial.config.items())
-            number = list(self.last).index(trial.trial_id) + 1  # in order of first report
+            params = " ".join(f"{k}={v}" for k, v in trial.config.items() if k != "trial")
+            number = trial.config.get("trial", list(self.last).index(trial.trial_id)) + 1
             print(f"[{elapsed:5.0f}s] trial {number}/{total} chunk "
                   f"{result['chunk']}/{chunks} score {result['score']:.2f} best {best} | "
                   f"running {running} done {self.finished} pruned {self.pruned} | "

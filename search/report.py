@@ -32,20 +32,22 @@ def write_plots(result: SearchResult, run_dir: Path) -> list[str]:
     from optuna.visualization import matplotlib as ovm
 
     written = []
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=None, storage=result.study_storage)
-    optuna_plots = {"optimization_history.png": ovm.plot_optimization_history,
-                    "param_importances.png": ovm.plot_param_importances}
-    for name, plot in optuna_plots.items():
+    _history_plot(result, run_dir / "optimization_history.png", plt)
+    written.append("optimization_history.png")
+    complete = sum(t.state == "complete" for t in result.trials)
+    if complete >= MIN_TRIALS_FOR_IMPORTANCE:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=None, storage=result.study_storage)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental", "few trials per regime"
-                axes = plot(study)
-            _save(axes.figure, run_dir / name)
+                warnings.simplefilter("ignore")  # "experimental"
+                axes = ovm.plot_param_importances(study)
+            axes.set_title(f"Parameter importances ({complete} complete trials)")
+            _save(axes.figure, run_dir / "param_importances.png")
             plt.close(axes.figure)
-            written.append(name)
-        except Exception as exc:  # e.g. importances need two finished trials that differ
-            log.info("skipped %s: %s", name, exc)
+            written.append("param_importances.png")
+        except Exception as exc:  # e.g. every complete trial has the same score
+            log.info("skipped param_importances.png: %s", exc)
     for param, name in (("template", "score_by_template.png"), ("k", "score_by_k.png")):
         groups = _scores_by(result.trials, param)
         if not groups:
@@ -61,6 +63,45 @@ def write_plots(result: SearchResult, run_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
     return written
+
+
+MIN_TRIALS_FOR_IMPORTANCE = 8
+"""Below this many complete trials, parameter importances are noise: no plot is drawn."""
+
+
+def _history_plot(result: SearchResult, path: Path, plt: Any) -> None:
+    """Every trial's score in suggestion order: complete trials filled, pruned ones hollow
+    and labelled with the chunk they stopped at, the best so far as a step line, and the
+    baseline's validation score as a dashed line. (Optuna's own plot draws complete trials
+    only, which hides most of a halving search.)"""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ran = [t for t in result.trials if t.score is not None]
+    done = [t for t in ran if t.state == "complete"]
+    pruned = [t for t in ran if t.state == "pruned"]
+    ax.scatter([t.number for t in done], [t.score for t in done], color="tab:blue",
+               label="complete", zorder=3)
+    ax.scatter([t.number for t in pruned], [t.score for t in pruned], facecolors="none",
+               edgecolors="tab:gray", label="pruned (chunks run)", zorder=3)
+    for t in pruned:
+        ax.annotate(str(len(t.chunk_scores)), (t.number, t.score), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color="tab:gray")
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t.number):
+        best = t.score if best is None else max(best, t.score)
+        xs.append(t.number)
+        ys.append(best)
+    if xs:
+        ax.step([*xs, max(t.number for t in result.trials)], [*ys, ys[-1]], where="post",
+                color="tab:red", label="best so far")
+    if result.baseline.score is not None:
+        ax.axhline(result.baseline.score, color="black", linestyle="--", linewidth=1,
+                   label="baseline (trial 0)")
+    ax.set_xlabel("trial (suggestion order)")
+    ax.set_ylabel("validation score (running)")
+    ax.set_title("Optimisation history: every trial")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _scores_by(trials: Sequence[TrialRecord], param: str) -> dict[Any, list[float]]:
@@ -107,13 +148,19 @@ def write_report(run_dir: Path, result: SearchResult, summary: dict[str, Any],
                           for v, s in groups.items())
         lines.append(f"- **{param}**: {cells}")
     trials = summary["trials"]
+    repeats = trials.get("duplicate", 0)
     lines += ["", "## Cost", "",
               f"{trials['run']} trials ({trials['complete']} complete, {trials['pruned']} pruned "
-              f"early, {trials['error']} failed); {summary['generations']} generations, "
+              f"early, {trials['error']} failed; {repeats} repeated suggestions not run); "
+              f"{summary['generations']} generations, "
               f"{summary['cache']['hits']} cache hits; wall time {summary['wall_seconds']:.0f} s.",
               ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if "param_importances.png" not in plots:
+        lines += [f"Parameter importances are not drawn: {trials['complete']} complete trials, "
+                  f"fewer than the {MIN_TRIALS_FOR_IMPORTANCE} that make them more than noise.",
+                  ""]
     lines += ["Open the Optuna study with `optuna-dashboard sqlite:///optuna.db` (from this "
               "directory); the Tune experiment is in `tune/search`.", ""]
     write_text(run_dir / "report.md", "\n".join(lines))

@@ -345,8 +345,9 @@ def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: 
                  "metrics_validation": final["validation"].metrics,
                  "metrics_test": final["test"].metrics},
         "gain_test": None if test_best is None or test_base is None else test_best - test_base,
-        "trials": {"run": len(states), "complete": states.count("complete"),
-                   "pruned": states.count("pruned"), "error": states.count("error")},
+        "trials": {"run": len(states) - states.count("duplicate"),
+                   "complete": states.count("complete"), "pruned": states.count("pruned"),
+                   "error": states.count("error"), "duplicate": states.count("duplicate")},
         "generations": sum(t.generations for t in result.trials)
         + sum(r.generations for r in final.values())
         + (baseline_test.generations if baseline_test else 0),

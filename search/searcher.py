@@ -25,6 +25,10 @@ from promptsearch.search.plan import BracketPlan
 
 log = logging.getLogger(__name__)
 
+TRIAL_NUMBER = "trial"
+"""The key in Tune's trial config that carries the Optuna trial number (shown in the Tune
+dashboard and the progress lines; not a parameter)."""
+
 MAX_REPEATS = 50
 """Repeated suggestions in a row after which the space counts as exhausted."""
 
@@ -80,7 +84,7 @@ class StudySearcher(Searcher):
         outcome.trial_id = trial_id
         self._by_id[trial_id] = outcome
         self.plan.add(trial_id, self._bracket)
-        return dict(outcome.params)
+        return {**outcome.params, TRIAL_NUMBER: outcome.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         outcome = self._by_id[trial_id]
