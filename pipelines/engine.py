@@ -46,6 +46,11 @@ class EngineConfig:
     enforce_eager: bool | None = None
     """Skip graph capture; defaults to True on CPU, where it cuts start-up from ~2 min to ~40 s."""
     seed: int = 0
+    batch_invariant: bool | None = None
+    """vLLM's batch-invariant kernels (``VLLM_BATCH_INVARIANT``), so a row's greedy output
+    does not depend on which rows share its batch. Default: on GPUs, where vLLM implements
+    it; vLLM has no such kernels for CPUs, where the generation cache keeps a run, its
+    ``eval`` and ``serve`` identical instead."""
     model_id: str = ""
     """Machine-independent identity of the weights (``model_fingerprint``)."""
     model_name: str = ""
@@ -55,7 +60,12 @@ class EngineConfig:
     def output_key(self) -> dict[str, Any]:
         """The settings that can change generated text, for content-addressed caching."""
         return {"model": self.model_id or self.model, "dtype": self.dtype,
-                "max_model_len": self.max_model_len, "seed": self.seed}
+                "max_model_len": self.max_model_len, "seed": self.seed,
+                **({"batch_invariant": True} if self.invariant else {})}
+
+    @property
+    def invariant(self) -> bool:
+        return self.device != "cpu" if self.batch_invariant is None else self.batch_invariant
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,8 @@ class EngineActor:
                 f"{self.cores[0]}-{self.cores[-1]}" if len(self.cores) > 1 else str(self.cores[0]))
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        if config.invariant:
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
         self.engine = self._start_engine()
 
     def __repr__(self) -> str:

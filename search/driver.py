@@ -100,7 +100,10 @@ class PromptSearch:
         points = list(candidates) if candidates else [space.params_of(baseline)]
         chunks = validation_chunks(list(validation), self.chunks)
         n_chunks = len(chunks)
-        total = len(points) if candidates else self.trials
+        total = len(points) if candidates else min(self.trials, space.size())
+        if total < self.trials and not candidates:
+            log.warning("the search space holds %d configurations: searching all of them, "
+                        "not %d", total, self.trials)
         plan, scheduler, marks = self._schedule(n_chunks, total)
         study_path = run_dir / "optuna.db"
         study_path.unlink(missing_ok=True)  # a replay must not see the trials of an earlier try
@@ -113,7 +116,10 @@ class PromptSearch:
             study=study, suggest=space.suggest, plan=plan, points_to_evaluate=points,
             identity=lambda p: config_identity(space.to_config(task, p).to_dict()),
             n_chunks=n_chunks)
-        evaluator = start_evaluator(task.name, space, chunks, fewshot, pool)
+        tune_dir = (run_dir / "tune").resolve()
+        shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        evaluator = start_evaluator(task.name, space, chunks, fewshot, pool, directory=tune_dir)
         trainable = tune.with_parameters(run_trial, evaluator=evaluator, milestones=marks,
                                          n_chunks=n_chunks)
         # Trials only wait on the evaluator: engines hold the cores. A memory-only request
@@ -122,8 +128,6 @@ class PromptSearch:
                                                     **_driver_node_resource()})
         _quiet_tune()
         trial_log = _trial_log()
-        tune_dir = (run_dir / "tune").resolve()
-        shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.evaluate import EvalJob, EvalResult, evaluate_many_async
 from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.tasks import load_task
+from promptsearch.pipelines.writers import atomic_path
 from promptsearch.search.space import SearchSpace
 
 
@@ -41,10 +43,15 @@ class ChunkReport:
 class TrialEvaluator:
     """Ray actor body (asynchronous: a rung's trials are served at once)."""
 
-    def __init__(self, task_name: str, space: SearchSpace, chunks: list[list[dict[str, Any]]],
-                 fewshot: list[dict[str, Any]], pool: EnginePool) -> None:
+    def __init__(self, inputs: str) -> None:
+        """``inputs``: a pickle file (on this node: the evaluator runs on the driver's) of
+        the task name, space, chunks, few-shot pool and engine pool. A file rather than
+        arguments, so that a restarted evaluator reads them again without the object store."""
+        import cloudpickle
+
+        with open(inputs, "rb") as fh:
+            task_name, self.space, self.chunks, self.fewshot, self.pool = cloudpickle.load(fh)
         self.task = load_task(task_name)
-        self.space, self.chunks, self.fewshot, self.pool = space, chunks, fewshot, pool
         self._results: dict[tuple[str, int], EvalResult] = {}
         self.pool.tokenizer  # noqa: B018 -- loaded now, not in the first trial's time
 
@@ -85,8 +92,11 @@ class TrialEvaluator:
 
 
 def start_evaluator(task_name: str, space: SearchSpace, chunks: Sequence[Sequence[Any]],
-                    fewshot: Sequence[dict[str, Any]], pool: EnginePool) -> Any:
-    """The evaluator actor, on the driver's node (it holds no engine), ready to serve."""
+                    fewshot: Sequence[dict[str, Any]], pool: EnginePool, *,
+                    directory: Path) -> Any:
+    """The evaluator actor, on the driver's node (it holds no engine), ready to serve. Its
+    inputs are written to ``directory``, which must outlive the search."""
+    import cloudpickle
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -96,7 +106,11 @@ def start_evaluator(task_name: str, space: SearchSpace, chunks: Sequence[Sequenc
     actor = ray.remote(TrialEvaluator).options(
         name=actor_name("trial-evaluator"), num_cpus=0, max_concurrency=1000,
         max_restarts=2, max_task_retries=2,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-    ).remote(task_name, space, [list(c) for c in chunks], list(fewshot), pool)
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
+    inputs = (task_name, space, [list(c) for c in chunks], list(fewshot), pool)
+    path = directory / "evaluator-inputs.pkl"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        cloudpickle.dump(inputs, fh)
+    actor = actor.remote(str(path))
     ray.get(actor.ready.remote())
     return actor

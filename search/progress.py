@@ -79,10 +79,10 @@ def trial_progress(total: int, chunks: int, *, task: str = "", model: str = "") 
             running = sum(t.status == "RUNNING" for t in trials)
             best = "-" if self.best is None else f"{self.best:.2f}"
             params = " ".join(f"{k}={v}" for k, v in trial.config.items() if k != "trial")
-            number = trial.config.get("trial", list(self.last).index(trial.trial_id)) + 1
-            print(f"[{elapsed:5.0f}s] trial {number}/{total} chunk "
+            number = trial.config.get("trial", list(self.last).index(trial.trial_id))
+            print(f"[{elapsed:5.0f}s] trial {number} chunk "
                   f"{result['chunk']}/{chunks} score {result['score']:.2f} best {best} | "
-                  f"running {running} done {self.finished} pruned {self.pruned} | "
+                  f"running {running} done {self.finished}/{total} pruned {self.pruned} | "
                   f"{tokens / max(elapsed, 1e-9):.0f} tok/s, cache {cached}/{generations} | "
                   f"{params}", file=sys.stderr, flush=True)
 

@@ -193,10 +193,14 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
                           tokenizer=pool.tokenizer, max_model_len=pool.config.max_model_len)
         print_budget(spec, space, data.validation, pool)
         n_chunks = min(spec.chunks, len(data.validation))
+        pool.engine_stats(reset=True)
+        search_start = time.perf_counter()
         result = searcher.search(task, space=space, validation=data.validation,
                                  fewshot=fewshot, pool=pool, run_dir=run_dir,
-                                 callbacks=[trial_progress(spec.trials, n_chunks,
-                                                           task=task.name, model=spec.model)])
+                                 callbacks=[trial_progress(min(spec.trials, space.size()),
+                                                           n_chunks, task=task.name,
+                                                           model=spec.model)])
+        engines = _engine_use(pool.engine_stats(), time.perf_counter() - search_start)
         # One stream for the engines: best on validation and test, baseline on test.
         jobs = [EvalJob(result.best_config, data.validation),
                 EvalJob(result.best_config, data.test)]
@@ -210,7 +214,16 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
         cache = pool.cache_stats()
         model_loads = pool.load_counts()
     return write_outputs(run_dir, spec, task, data.source, result, final, baseline_test,
-                         cache, model_loads, time.perf_counter() - started)
+                         cache, model_loads, time.perf_counter() - started, engines)
+
+
+def _engine_use(stats: list[Any], seconds: float) -> dict[str, Any]:
+    """How full the search kept the engines (``summary.json``'s ``search_engines``)."""
+    return {"seconds": round(seconds, 1),
+            "busy_fraction": [round(s.busy_seconds / max(seconds, 1e-9), 3) for s in stats],
+            "peak_in_flight": [s.peak_in_flight for s in stats],
+            "requests": [s.requests for s in stats],
+            "output_tokens": [s.output_tokens for s in stats]}
 
 
 @contextlib.contextmanager
@@ -310,13 +323,14 @@ def _longest_first(task: Any, pool: list[dict[str, Any]]) -> list[dict[str, Any]
 def print_budget(spec: RunSpec, space: SearchSpace, validation: list[dict[str, Any]],
                  pool: EnginePool) -> None:
     max_tokens = max(space.max_tokens)
-    gens = spec.trials * len(validation)
+    trials = min(spec.trials, space.size())
+    gens = trials * len(validation)
     plan = ""
     if spec.scheduler == "halving":
         chunks = min(spec.chunks, len(validation))
-        planned = planned_chunk_runs(spec.trials, chunks, PromptSearch.reduction_factor)
+        planned = planned_chunk_runs(trials, chunks, PromptSearch.reduction_factor)
         plan = f"successive halving plans ~{round(planned * len(validation) / chunks)}; "
-    print(f"budget: {spec.trials} trials x {len(validation)} validation examples = at most "
+    print(f"budget: {trials} trials x {len(validation)} validation examples = at most "
           f"{gens} generations (~{gens * max_tokens} output tokens at max_tokens={max_tokens}); "
           f"{plan}the cache cuts repeats; {pool.engines} engine(s)", file=sys.stderr, flush=True)
 
@@ -324,7 +338,7 @@ def print_budget(spec: RunSpec, space: SearchSpace, validation: list[dict[str, A
 def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: SearchResult,
                   final: dict[str, EvalResult], baseline_test: EvalResult | None,
                   cache: dict[str, int], model_loads: list[int],
-                  wall: float) -> dict[str, Any]:
+                  wall: float, engines: dict[str, Any]) -> dict[str, Any]:
     metric = task.primary_metric
     paths = {}
     for split, res in final.items():
@@ -353,6 +367,7 @@ def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: 
         + (baseline_test.generations if baseline_test else 0),
         "cache": {"hits": cache.get("hits", 0), "misses": cache.get("misses", 0)},
         "model_loads": model_loads,  # per engine; above 1 where Ray restarted a dead engine
+        "search_engines": engines,
         "wall_seconds": round(wall, 1),
         "predictions": paths,
     }

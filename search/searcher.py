@@ -29,8 +29,8 @@ TRIAL_NUMBER = "trial"
 """The key in Tune's trial config that carries the Optuna trial number (shown in the Tune
 dashboard and the progress lines; not a parameter)."""
 
-MAX_REPEATS = 50
-"""Repeated suggestions in a row after which the space counts as exhausted."""
+MAX_REPEATS = 20
+"""Repeated suggestions in a row after which TPE counts as stuck: the search stops there."""
 
 
 @dataclass
@@ -132,8 +132,8 @@ class StudySearcher(Searcher):
             self._queue.append(outcome)
         if len(self._queue) < size:
             self.exhausted = True
-            log.warning("the search space has no new configuration after %d repeated "
-                        "suggestions; the search stops at %d trials", MAX_REPEATS,
+            log.warning("TPE suggested no new configuration %d times in a row; the search "
+                        "stops at %d trials", MAX_REPEATS,
                         sum(len(m) for m in self.plan.members[:-1]) + len(self._queue))
             self.plan.shrink(self._bracket, len(self._queue))
 

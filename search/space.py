@@ -121,6 +121,17 @@ class SearchSpace:
                             "model has none; add a text template to the space")
         return replace(self, templates=templates, chat=[False])
 
+    def size(self) -> int:
+        """How many distinct configurations the space holds (conditional parameters counted
+        only where they act, as ``suggest`` asks for them)."""
+        shots = sum(1 if k == 0 else sum(
+            len(set(self.order)) * (len(set(self.demo_seed)) if sel == "random" else 1)
+            for sel in set(self.selector)) for k in set(self.k))
+        decoding = sum(len(set(self.top_p)) if t > 0 else 1 for t in set(self.temperature))
+        return (len(set(self.templates)) * shots * decoding * len(set(self.max_tokens))
+                * len(set(self.repetition_penalty)) * len(self.stop) * len(self.parse)
+                * len(set(self.chat)))
+
     # -- Optuna ---------------------------------------------------------------------------
     def suggest(self, trial: Any) -> None:
         """Define-by-run space for OptunaSearch; conditional parameters only where they act."""
