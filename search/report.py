@@ -69,15 +69,21 @@ MIN_TRIALS_FOR_IMPORTANCE = 8
 """Below this many complete trials, parameter importances are noise: no plot is drawn."""
 
 
+def history_points(trials: Sequence[TrialRecord]) -> dict[str, list[TrialRecord]]:
+    """The trials the history plot draws, by how they ended: every trial that has a score."""
+    ran = [t for t in trials if t.score is not None]
+    return {"complete": [t for t in ran if t.state == "complete"],
+            "pruned": [t for t in ran if t.state == "pruned"]}
+
+
 def _history_plot(result: SearchResult, path: Path, plt: Any) -> None:
     """Every trial's score in suggestion order: complete trials filled, pruned ones hollow
     and labelled with the chunk they stopped at, the best so far as a step line, and the
     baseline's validation score as a dashed line. (Optuna's own plot draws complete trials
     only, which hides most of a halving search.)"""
     fig, ax = plt.subplots(figsize=(7, 4))
-    ran = [t for t in result.trials if t.score is not None]
-    done = [t for t in ran if t.state == "complete"]
-    pruned = [t for t in ran if t.state == "pruned"]
+    points = history_points(result.trials)
+    done, pruned = points["complete"], points["pruned"]
     ax.scatter([t.number for t in done], [t.score for t in done], color="tab:blue",
                label="complete", zorder=3)
     ax.scatter([t.number for t in pruned], [t.score for t in pruned], facecolors="none",
