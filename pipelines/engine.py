@@ -120,13 +120,34 @@ def _claim_cores(n: int) -> tuple[list[int], IO[str] | None]:
     Ray schedules by core count but does not pin actors, so two engines would otherwise bind
     vLLM's threads to the same cores. The lock dies with the process, so a restarted actor
     reclaims its block.
+
+    The locks live in a directory of this user's own (``$XDG_RUNTIME_DIR`` or the temporary
+    directory, ``promptsearch-cores-<uid>``, mode 0700): in a directory shared by all users,
+    anyone could hold every lock or plant a symlink where a lock file is written. A symlink
+    or a directory owned by someone else is refused (cores are then shared, with a warning).
     """
+    import stat
+
     available = sorted(os.sched_getaffinity(0))
-    lockdir = Path(tempfile.gettempdir()) / "promptsearch-cores"
-    lockdir.mkdir(exist_ok=True)
-    for start in range(0, len(available) - n + 1, n):
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = Path(runtime) if runtime and Path(runtime).is_dir() else Path(tempfile.gettempdir())
+    lockdir = base / f"promptsearch-cores-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        lockdir.mkdir(mode=0o700)
+    info = os.lstat(lockdir)
+    blocks_to_try = range(0, len(available) - n + 1, n)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = ("a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+                if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
+        log.warning("core lock directory %s is %s; not using it (remove it)", lockdir, what)
+        blocks_to_try = range(0)
+    elif stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(lockdir, 0o700)
+    for start in blocks_to_try:
         cores = available[start:start + n]
-        handle = open(lockdir / f"cores-{cores[0]}-{cores[-1]}.lock", "w")  # noqa: SIM115
+        fd = os.open(lockdir / f"cores-{cores[0]}-{cores[-1]}.lock",
+                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        handle = os.fdopen(fd, "w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

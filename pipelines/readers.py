@@ -180,16 +180,77 @@ def _none_if_nan(value: Any) -> Any:
     return value
 
 
+_YAML_NODES = 100_000
+"""Most values YAML aliases may add to a file's own; configs and spaces hold hundreds."""
+
+
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content; a syntax error names the file, line and column."""
+    """A YAML file's content; a syntax error names the file, line and column.
+
+    Aliases are expanded by whatever reads the result (a few hundred bytes of nested
+    ``&a [*b, *b, ...]`` become gigabytes), so the node graph is measured before anything is
+    built, and a file whose aliases add more than ``_YAML_NODES`` values to those written in
+    it (or an alias inside itself) is refused.
+    """
     import yaml
 
     path = Path(path)
     check_file(path)
+    loader = yaml.SafeLoader(read_utf8(path))
     try:
-        return yaml.safe_load(read_utf8(path))
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or one_line(exc)
         raise UserError(f"{where}: invalid YAML ({problem}); fix the file") from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply; flatten the file") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: Any, path: Path) -> None:
+    """Count the nodes of ``root`` with every alias expanded, in time linear in the file:
+    each distinct node is measured once."""
+    import yaml
+
+    distinct: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) not in distinct:
+            distinct.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(part for pair in node.value for part in pair)
+    limit = len(distinct) + _YAML_NODES
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in open_nodes:
+            raise UserError(f"{path} line {node.start_mark.line + 1}: a YAML alias refers to a "
+                            "node containing itself; write the value out instead")
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total = min(total, limit + 1)
+        if total > limit:
+            raise UserError(f"{path}: YAML aliases expand to more than {_YAML_NODES:,} values; "
+                            "write the values out instead of nesting aliases (&anchor, *alias)")
+        return total
+
+    size(root)

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from promptsearch.pipelines.errors import UserError
+
+_ESCAPE = re.compile(r"\\([nt\\])")
+_ESCAPED = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def decode_stop(text: str) -> str:
+    """A stop string typed on a command line: ``\\n``, ``\\t`` and ``\\\\`` become newline, tab
+    and backslash; everything else, non-ASCII text and any other backslash included, is kept
+    as typed (``unicode_escape`` would turn 。 into mojibake and fail on a lone backslash)."""
+    return _ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], text)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,12 @@ class Sampling:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            # NaN passes no comparison and infinity passes some; JSON and YAML both carry them.
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value!r}")
         checks = [
             (self.temperature >= 0, "temperature must be >= 0", self.temperature),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]", self.top_p),

@@ -93,7 +93,9 @@ def models(prepare: tuple[str, ...], force: bool) -> None:
 @click.option("--temperature", default=0.0, show_default=True, type=float)
 @click.option("--top-p", default=1.0, show_default=True, type=float)
 @click.option("--repetition-penalty", default=1.0, show_default=True, type=float)
-@click.option("--stop", multiple=True, help="Stop sequence (repeatable); '\\n' means newline.")
+@click.option("--stop", multiple=True,
+              help="Stop sequence, any text (repeatable); only the escapes \\n (newline), \\t "
+                   "(tab) and \\\\ (backslash) are decoded, other backslashes are kept.")
 @click.option("--seed", type=int, help="Sampling seed (per request).")
 @engine_options
 @click.pass_context
@@ -105,7 +107,7 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
     """Batch inference over a JSONL, Parquet or CSV file."""
     from promptsearch.pipelines.batch import build_requests, output_rows
     from promptsearch.pipelines.readers import read_records, read_utf8
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.sampling import Sampling, decode_stop
     from promptsearch.pipelines.writers import write_table
     from promptsearch.search.progress import ProgressLine
 
@@ -113,7 +115,7 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
         template = read_utf8(template_file)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         repetition_penalty=repetition_penalty, seed=seed,
-                        stop=tuple(s.encode().decode("unicode_escape") for s in stop))
+                        stop=tuple(decode_stop(s) for s in stop))
     records = read_records(input_path)
     if prompt_column is None and template is None and messages_column is None:
         prompt_column = "prompt"

@@ -37,8 +37,11 @@ def number_highlighted_sections(value: str, *, num_highlights: int) -> bool:
 
 
 def section_pattern(section_spliter: str) -> str:
-    """The spliter goes into the regex unescaped, as in the reference."""
-    return r"\s?第[\d\uFF10-\uFF19]+" + section_spliter + r"\s?"
+    """The spliter is matched literally. The reference puts it into the regex unescaped, so a
+    spliter from the data could be a pattern that backtracks for hours (``(a+)+b``). For
+    spliters without regex metacharacters, such as the data's 章 and 節, the result is the
+    same."""
+    return r"\s?第[\d\uFF10-\uFF19]+" + re.escape(section_spliter) + r"\s?"
 
 
 def multiple_sections(value: str, *, section_spliter: str, num_sections: int) -> bool:

@@ -8,7 +8,6 @@ verdict never depends on chance.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,18 +94,6 @@ def _nth_within_count(instruction_id: str, kwargs: dict[str, Any]) -> None:
         raise _fail(instruction_id, "nth_paragraph", f"between 1 and num_paragraphs ({total})", nth)
 
 
-def _spliter_compiles(instruction_id: str, kwargs: dict[str, Any]) -> None:
-    try:
-        re.compile(fmt.section_pattern(kwargs["section_spliter"]))
-    except re.error as exc:
-        raise _fail(
-            instruction_id,
-            "section_spliter",
-            f"usable in a regular expression ({exc})",
-            kwargs["section_spliter"],
-        ) from exc
-
-
 @dataclass(frozen=True)
 class InstructionSpec:
     checker: Callable[..., bool]
@@ -170,7 +157,6 @@ REGISTRY: Mapping[str, InstructionSpec] = {
     _FORMAT + "multiple_sections": InstructionSpec(
         fmt.multiple_sections,
         {"section_spliter": _stripped, "num_sections": _count},
-        _spliter_compiles,
     ),
     _FORMAT + "json_format": InstructionSpec(fmt.json_format),
     _FORMAT + "title": InstructionSpec(fmt.title),
