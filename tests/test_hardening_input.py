@@ -197,7 +197,7 @@ def test_nan_from_json_and_a_string_are_refused() -> None:
     data = json.loads('{"temperature": NaN}')  # Python's json accepts NaN and Infinity
     with pytest.raises(UserError, match="temperature must be a finite number, got nan"):
         Sampling.from_dict(data)
-    with pytest.raises(UserError, match="top_p must be a finite number, got '0.5'"):
+    with pytest.raises(UserError, match=r"top_p must be a finite number, got '0\.5'"):
         Sampling.from_dict({"top_p": "0.5"})
     assert Sampling(temperature=0.7, top_p=0.9, repetition_penalty=1).temperature == 0.7
 
