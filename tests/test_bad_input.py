@@ -1,6 +1,8 @@
 """The bad-input battery (issue 6): every bad input, fed through the real CLI, ends with one
 clear ``error:`` line naming the file, line or field, exit code 2, no traceback, and nothing
 written. All of it is checked before Ray or any engine starts, so each case takes seconds.
+The commands run in-process (``run_cli``): an exception escaping one fails the test with its
+traceback, and none of these tests may start an engine (they are not marked ``engine``).
 
 Cases already covered elsewhere are not repeated here: `generate` with a missing file, an
 unknown column or field, a malformed line, an empty file or an unknown model
@@ -362,7 +364,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
                       for name, content in files.items()})
     before = _tree(tmp_path)
     start = time.monotonic()
-    result = run_cli(*_args(args, tmp_path), timeout=300)
+    result = run_cli(*_args(args, tmp_path))
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
@@ -386,8 +388,7 @@ def test_force_proceeds_past_the_out_check(tmp_path: Path, previous: str) -> Non
         (out / "run.yaml").write_text(_yaml({"task": "qa"}), encoding="utf-8")
         (out / "summary.json").write_text("{}", encoding="utf-8")
     result = run_cli(*RUN_QA, "--out", str(out), "--force", "--engines", "1000",
-                     "--max-model-len", "2048", "--max-validation", "2", "--max-test", "2",
-                     timeout=300)
+                     "--max-model-len", "2048", "--max-validation", "2", "--max-test", "2")
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"run directory: {out}" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -398,6 +399,7 @@ def test_force_proceeds_past_the_out_check(tmp_path: Path, previous: str) -> Non
     assert (out / "notes.txt").exists() == (previous == "not a run")
 
 
+@pytest.mark.engine
 def test_generate_fails_only_the_row_that_does_not_fit(tmp_path: Path) -> None:
     """`generate`'s rule for a prompt longer than the context: that row gets an error, the
     others are generated, and the exit code is 0 unless every row failed."""
@@ -405,7 +407,7 @@ def test_generate_fails_only_the_row_that_does_not_fit(tmp_path: Path) -> None:
     source.write_text(_jsonl({"id": "short", "prompt": "日本の首都は"},
                              {"id": "long", "prompt": LONG_CONTEXT}), encoding="utf-8")
     result = run_cli("generate", str(source), "--max-tokens", "4", "--max-model-len", "2048",
-                     "--out", str(tmp_path / "gen"), timeout=600)
+                     "--out", str(tmp_path / "gen"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "gen.jsonl").read_text().splitlines())}

@@ -1,4 +1,7 @@
-"""`promptsearch generate` end to end through the CLI, and its answers to bad input."""
+"""`promptsearch generate` end to end through the CLI, and its answers to bad input.
+
+In-process (``run_cli``) except where a process of its own is the point: Ctrl-C of a real
+run, and greedy outputs reproduced by a separate process with its own engine."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, engine_core_pids, run_cli
+from tests.conftest import REPO, engine_core_pids, run_cli, run_cli_subprocess
 
 QA = REPO / "pipelines/tasks/data/qa/validation.jsonl"
 
 
+@pytest.mark.engine
 def test_generate_with_template_writes_parquet_and_jsonl(tmp_path: Path) -> None:
     out = tmp_path / "answers"
     template = "{{ context }}\n質問: {{ question }}\n回答:"
@@ -41,6 +45,7 @@ def test_generate_with_template_writes_parquet_and_jsonl(tmp_path: Path) -> None
     assert "tok/s" in summary
 
 
+@pytest.mark.engine
 def test_generate_chat_messages_from_csv_with_the_instruct_model(tmp_path: Path) -> None:
     source = tmp_path / "questions.csv"
     with source.open("w", newline="", encoding="utf-8") as fh:
@@ -56,6 +61,7 @@ def test_generate_chat_messages_from_csv_with_the_instruct_model(tmp_path: Path)
     assert all(r["prompt_tokens"] > 15 and r["output"] for r in rows)
 
 
+@pytest.mark.engine
 def test_ctrl_c_stops_the_engines_and_writes_nothing(tmp_path: Path) -> None:
     source = tmp_path / "many.jsonl"
     # Several token-budget chunks, so the first progress line comes long before the end.
@@ -100,7 +106,7 @@ def test_generate_bad_input_is_one_clear_line(tmp_path: Path, setup: str | None,
         path.write_text({"good": '{"prompt": "こんにちは"}\n',
                          "malformed": '{"prompt": "a"}\n{"prompt": \n',
                          "empty": ""}[setup], encoding="utf-8")
-    result = run_cli("generate", str(path), *args, "--out", str(tmp_path / "out"), timeout=120)
+    result = run_cli("generate", str(path), *args, "--out", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -109,6 +115,7 @@ def test_generate_bad_input_is_one_clear_line(tmp_path: Path, setup: str | None,
     assert not list(tmp_path.glob("out*"))
 
 
+@pytest.mark.engine
 def test_an_engine_that_cannot_start_fails_early_with_one_line(tmp_path: Path) -> None:
     model = tmp_path / "broken-model"
     model.mkdir()
@@ -117,7 +124,7 @@ def test_an_engine_that_cannot_start_fails_early_with_one_line(tmp_path: Path) -
     source.write_text('{"prompt": "こんにちは"}\n', encoding="utf-8")
     start = time.monotonic()
     result = run_cli("generate", str(source), "--model", str(model), "--engines", "1",
-                     "--out", str(tmp_path / "out"), timeout=300)
+                     "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr[-2000:]
@@ -127,6 +134,7 @@ def test_an_engine_that_cannot_start_fails_early_with_one_line(tmp_path: Path) -
     assert not list(tmp_path.glob("out*"))
 
 
+@pytest.mark.engine
 def test_greedy_outputs_are_identical_across_runs(pool, tmp_path: Path) -> None:
     """A separate run (its own process, Ray and engine) reproduces the session pool's greedy
     outputs; the input is Parquet with a prompt column."""
@@ -137,8 +145,8 @@ def test_greedy_outputs_are_identical_across_runs(pool, tmp_path: Path) -> None:
 
     pq.write_table(pa.table({"id": list(range(len(PROMPTS))), "text": PROMPTS}),
                    tmp_path / "in.parquet")
-    result = run_cli("generate", str(tmp_path / "in.parquet"), "--prompt-column", "text",
-                     "--max-tokens", "16", "--out", str(tmp_path / "out"))
+    result = run_cli_subprocess("generate", str(tmp_path / "in.parquet"), "--prompt-column",
+                                "text", "--max-tokens", "16", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert [r["id"] for r in rows] == list(range(len(PROMPTS)))

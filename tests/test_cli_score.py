@@ -15,7 +15,7 @@ DATA = REPO / "pipelines/tasks/data"
 
 
 def _score(*args: str) -> dict:
-    result = run_cli("score", *args, timeout=120)
+    result = run_cli("score", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -122,7 +122,7 @@ def test_summary_scores_without_references_when_rows_carry_them(tmp_path: Path) 
 def test_score_bad_input(tmp_path: Path, preds: list, message: str) -> None:
     write_jsonl(tmp_path / "p.jsonl", preds)
     result = run_cli("score", "--task", "qa", "--predictions", str(tmp_path / "p.jsonl"),
-                     "--references", str(DATA / "qa/validation.jsonl"), timeout=120)
+                     "--references", str(DATA / "qa/validation.jsonl"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -133,8 +133,7 @@ def test_score_extra_id_and_missing_references(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "p.jsonl", [{"id": r["id"], "output": "x"} for r in refs]
                 + [{"id": "extra-1", "output": "x"}])
     result = run_cli("score", "--task", "qa", "--predictions", str(tmp_path / "p.jsonl"),
-                     "--references", str(DATA / "qa/validation.jsonl"), timeout=120)
+                     "--references", str(DATA / "qa/validation.jsonl"))
     assert result.returncode == 2 and "id 'extra-1' is not in the references" in result.stderr
-    result = run_cli("score", "--task", "qa", "--predictions", str(tmp_path / "p.jsonl"),
-                     timeout=120)
+    result = run_cli("score", "--task", "qa", "--predictions", str(tmp_path / "p.jsonl"))
     assert result.returncode == 2 and "missing field 'context'" in result.stderr

@@ -105,6 +105,7 @@ def outer_ray(ray_session: None) -> dict[int, str]:
     return pids
 
 
+@pytest.mark.engine
 def test_local_provider_up_job_down(outer_ray: dict[int, str], tmp_path: Path) -> None:
     """The on-premise config really runs: `ray up` over SSH, a search as a Ray job, `ray down`."""
     import ray

@@ -19,6 +19,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.engine
 def test_outputs_in_input_order_with_per_request_sampling(pool) -> None:
     samplings = [Sampling(max_tokens=1 + i % 4) for i in range(len(PROMPTS))]
     gens = pool.generate(PROMPTS, samplings)
@@ -33,6 +34,7 @@ def test_outputs_in_input_order_with_per_request_sampling(pool) -> None:
         assert gen.seconds > 0
 
 
+@pytest.mark.engine
 def test_greedy_is_identical_across_runs_and_token_counts_match(pool) -> None:
     first = pool.generate(PROMPTS, Sampling(max_tokens=24))
     second = pool.generate(PROMPTS, Sampling(max_tokens=24))
@@ -46,6 +48,7 @@ def test_greedy_is_identical_across_runs_and_token_counts_match(pool) -> None:
             assert g.output_tokens == 24
 
 
+@pytest.mark.engine
 def test_seeded_sampling_is_reproducible(pool) -> None:
     sampled = Sampling(temperature=1.0, top_p=0.95, max_tokens=24, seed=1234)
     a = pool.generate(PROMPTS, sampled)
@@ -55,6 +58,7 @@ def test_seeded_sampling_is_reproducible(pool) -> None:
     assert [g.text for g in a] != [g.text for g in other]
 
 
+@pytest.mark.engine
 def test_stop_sequence_is_honoured(pool) -> None:
     gens = pool.generate(PROMPTS, Sampling(max_tokens=64, stop=("。", "、")))
     stopped = [g for g in gens if g.finish_reason == "stop"]
@@ -63,6 +67,7 @@ def test_stop_sequence_is_honoured(pool) -> None:
         assert "。" not in g.text and "、" not in g.text
 
 
+@pytest.mark.engine
 def test_each_row_honours_its_own_stop_and_max_tokens(pool) -> None:
     free = pool.generate(PROMPTS, Sampling(max_tokens=24))
     # Row i stops at a character of its own free output (a different one per row), or at
@@ -86,6 +91,7 @@ def test_each_row_honours_its_own_stop_and_max_tokens(pool) -> None:
             assert gen.output_tokens == sampling.max_tokens, (i, gen)
 
 
+@pytest.mark.engine
 def test_two_engines_give_the_same_greedy_outputs_as_one(pool) -> None:
     import ray
 
@@ -104,6 +110,7 @@ def test_two_engines_give_the_same_greedy_outputs_as_one(pool) -> None:
         assert [g.text for g in spread] == [g.text for g in alone]
 
 
+@pytest.mark.engine
 def test_work_is_spread_over_both_engines(pool) -> None:
     pool_small_chunks = pool.chunk_tokens
     pool.chunk_tokens = 64  # many chunks, so both engines must pull work
@@ -119,8 +126,9 @@ def test_work_is_spread_over_both_engines(pool) -> None:
     assert min(served) > 0, served
 
 
+@pytest.mark.engine
 def test_one_bad_request_fails_only_its_row(pool) -> None:
-    too_long = "あ" * 5000  # beyond the 2048-token context of the session pool
+    too_long = "あ" * 10000  # 5001 tokens: beyond the 4096-token context of the session pool
     chat_on_base_model = [{"role": "user", "content": "こんにちは"}]
     gens = pool.generate([PROMPTS[0], too_long, chat_on_base_model, PROMPTS[1]],
                          Sampling(max_tokens=8))
@@ -129,6 +137,7 @@ def test_one_bad_request_fails_only_its_row(pool) -> None:
     assert not gens[2].ok and "chat template" in gens[2].error
 
 
+@pytest.mark.engine
 def test_a_row_the_engine_rejects_fails_alone(pool) -> None:
     import ray
 
@@ -141,6 +150,7 @@ def test_a_row_the_engine_rejects_fails_alone(pool) -> None:
     assert not gens[1].ok and gens[1].finish_reason == "error" and gens[1].error
 
 
+@pytest.mark.engine
 def test_each_engine_loaded_its_model_exactly_once(pool) -> None:
     pids = [info["pid"] for info in pool.engine_info()]
     before = [info["requests"] for info in pool.engine_info()]
@@ -152,6 +162,7 @@ def test_each_engine_loaded_its_model_exactly_once(pool) -> None:
     assert pool.load_counts() == [1] * pool.engines
 
 
+@pytest.mark.engine
 def test_engines_are_bound_to_different_cores(pool) -> None:
     cores = [tuple(info["cores"]) for info in pool.engine_info()]
     assert len(set(cores)) == pool.engines, cores
@@ -166,6 +177,7 @@ def test_sampling_validation_names_the_field() -> None:
         Sampling.from_dict({"temp": 0.5})
 
 
+@pytest.mark.engine
 def test_repeated_requests_in_one_call_are_generated_once(pool) -> None:
     before = sum(info["requests"] for info in pool.engine_info())
     gens = pool.generate([PROMPTS[0], PROMPTS[1], PROMPTS[0]], Sampling(max_tokens=8))
@@ -174,6 +186,7 @@ def test_repeated_requests_in_one_call_are_generated_once(pool) -> None:
     assert gens[2].text == gens[0].text and gens[2].cached and not gens[0].cached
 
 
+@pytest.mark.engine
 def test_unseeded_sampled_repeats_are_each_generated(pool) -> None:
     before = sum(info["requests"] for info in pool.engine_info())
     sampled = Sampling(temperature=1.0, max_tokens=16)  # no seed: every ask is a new draw

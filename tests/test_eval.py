@@ -16,12 +16,12 @@ from tests.conftest import JSQUAD, run_cli
 
 
 def _rescore(task: str, predictions: Path, *extra: str) -> dict[str, float]:
-    result = run_cli("score", "--task", task, "--predictions", str(predictions), *extra,
-                     timeout=120)
+    result = run_cli("score", "--task", task, "--predictions", str(predictions), *extra)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("task_name", TASK_NAMES)
 def test_eval_bundled_validation_and_rescore(pool, tmp_path: Path, task_name: str) -> None:
     task = load_task(task_name)
@@ -39,6 +39,7 @@ def test_eval_bundled_validation_and_rescore(pool, tmp_path: Path, task_name: st
         assert _rescore(task_name, path) == pytest.approx(result.metrics)
 
 
+@pytest.mark.engine
 def test_eval_jsquad_two_shot_scores_above_zero_and_rescores(pool, tmp_path: Path) -> None:
     task = load_task("qa")
     data = load_task_data(task, JSQUAD, max_validation=24)
@@ -55,6 +56,7 @@ EVAL_COMMANDS = [("qa", None, "test", 2), ("summary", None, "test", 1),
                  ("instruct", None, "test", 0), ("qa", str(JSQUAD), "validation", 2)]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("task_name", "data", "split", "k"), EVAL_COMMANDS,
                          ids=["qa", "summary", "instruct", "jsquad"])
 def test_eval_command_with_a_config_file(tmp_path: Path, task_name: str, data: str | None,
@@ -106,6 +108,6 @@ def test_a_config_records_its_template_version(tmp_path: Path) -> None:
 
 def test_eval_bad_config_fails_before_any_engine(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("task: qa\ntemplate: jglue-extract\nfewshot: {k: 500}\n")
-    result = run_cli("eval", "--task", "qa", "--config", str(tmp_path / "c.yaml"), timeout=120)
+    result = run_cli("eval", "--task", "qa", "--config", str(tmp_path / "c.yaml"))
     assert result.returncode == 2
     assert "fewshot.k=500 but the few-shot pool has only 23" in result.stderr

@@ -2,7 +2,9 @@
 process, a killed driver. The run must finish with the result of an unfaulted run.
 
 Every run here has its own empty generation cache (prepared models are shared), so that
-engines really generate while the faults hit them.
+engines really generate while the faults hit them. The faulted runs and the unfaulted one they
+are compared with are processes of their own (one engine each); a ``--resume`` after a killed
+driver runs in-process, on the session's engines, reading the killed run's cache.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import pytest
 import yaml
 
 from promptsearch.pipelines.models import CACHE_ENV, cache_dir
-from tests.conftest import REPO, engine_core_pids, run_cli
+from tests.conftest import REPO, engine_core_pids, run_cli, run_cli_subprocess
+
+pytestmark = pytest.mark.engine
 
 ARGS = ["run", "--task", "qa", "--trials", "4", "--chunks", "2", "--max-validation", "8",
         "--max-test", "6", "--seed", "5", "--max-model-len", "2048"]
@@ -89,7 +93,8 @@ def _finish(proc: subprocess.Popen[str]) -> str:
 @pytest.fixture(scope="module")
 def unfaulted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("faults") / "unfaulted"
-    result = run_cli(*ARGS, "--out", str(run_dir), env=_own_cache(run_dir.parent / "cache"))
+    result = run_cli_subprocess(*ARGS, "--out", str(run_dir),
+                                env=_own_cache(run_dir.parent / "cache"))
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 

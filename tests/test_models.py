@@ -19,7 +19,7 @@ from tests.conftest import run_cli
 
 
 def test_models_command_lists_both_with_their_state() -> None:
-    result = run_cli("models", timeout=60)
+    result = run_cli("models")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("gemma-3-270m (default)\tprepared")
@@ -27,7 +27,7 @@ def test_models_command_lists_both_with_their_state() -> None:
 
 
 def test_prepare_is_idempotent_and_verified() -> None:
-    result = run_cli("models", "--prepare", "all", timeout=60)
+    result = run_cli("models", "--prepare", "all")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already prepared") == 2
     for model in EMBEDDED_MODELS.values():
@@ -53,7 +53,7 @@ def test_a_gguf_that_does_not_match_its_pinned_hash_is_refused(tmp_path: Path,
     with pytest.raises(UserError, match=f"SHA-256 .* does not match the expected {model.sha256}"):
         prepare_model("gemma-3-270m")
     assert not model.is_prepared()
-    result = run_cli("models", env={"PROMPTSEARCH_CACHE": str(tmp_path)}, timeout=60)
+    result = run_cli("models", env={"PROMPTSEARCH_CACHE": str(tmp_path)})
     assert result.stdout.splitlines()[0].startswith("gemma-3-270m (default)\tnot prepared")
 
 
@@ -83,7 +83,7 @@ def test_offline_hub_id_says_how_to_use_a_local_copy(monkeypatch: pytest.MonkeyP
 
 
 def test_tasks_command_lists_tasks_templates_and_metrics() -> None:
-    result = run_cli("tasks", timeout=60)
+    result = run_cli("tasks")
     assert result.returncode == 0, result.stderr
     for expected in ("qa (v1)", "template jglue-extract@v1 [text]", "summary (v1)",
                      "metrics: rouge1, rouge2, rougeL (primary: rougeL)", "instruct (v1)",

@@ -161,23 +161,22 @@ def _keep_engines_busy(pool, stop: threading.Event) -> None:
                       Sampling(max_tokens=48))
 
 
+@pytest.mark.engine
 def test_small_search_exports_custom_and_vllm_metrics(pool, tmp_path: Path) -> None:
     import ray
 
-    from promptsearch.pipelines.cache import start_cache
     from promptsearch.search.run import RunSpec, execute_run, plan_run
 
-    assert pool._cache is None  # the session pool has none: give it one for this run
-    pool._cache = start_cache(tmp_path / "cache")
+    # The session's engines behind a generation cache of this run's own (empty: they generate).
+    run_pool = pool.with_cache(tmp_path / "cache", max_model_len=2048)
     try:
         spec = RunSpec(task="qa", trials=2, chunks=2, max_validation=4, max_test=2,
                        max_model_len=2048)
         plan = plan_run(spec)
-        summary = execute_run(plan, tmp_path / "run", pool=pool)
+        summary = execute_run(plan, tmp_path / "run", pool=run_pool)
         names = set(ray.util.list_named_actors())
     finally:
-        ray.kill(pool._cache, no_restart=True)
-        pool._cache = None
+        run_pool.shutdown()  # its cache only: the engines run on
     trials = pq.read_table(tmp_path / "run/trials.parquet").to_pylist()
     assert summary["cache"]["hits"] > 0 and summary["cache"]["misses"] > 0
 

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
 from tests.test_search import _check_run
 
@@ -29,6 +31,25 @@ def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one() -> None:
                      makefile, re.M)
 
 
+def test_test_fast_is_a_development_aid_beside_the_two_commands() -> None:
+    """`make test-fast` is mentioned, but outside the fresh-machine block (which stays at
+    exactly two commands), and runs the tests that need no engine after the same set-up."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Fresh machine", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert "test-fast" not in block
+    assert "`make test-fast`" in section.replace(block, "")
+    makefile = (REPO / "Makefile").read_text()
+    target = re.search(r"^test-fast:\n((?:\t.*\n)+)", makefile, re.M)
+    assert target, "the Makefile needs a test-fast target"
+    test = re.search(r"^test:\n((?:\t.*\n)+)", makefile, re.M).group(1).splitlines()
+    fast = target.group(1).splitlines()
+    assert fast[0] == test[0]  # the same set-up as `make test`
+    assert fast[-1].startswith("\t$(VENV)/bin/python -m pytest ")
+    assert fast[-1].endswith(' -m "not engine"')
+
+
+@pytest.mark.engine
 def test_demo_command_runs_the_main_job_on_the_embedded_default() -> None:
     demo, _ = _fresh_machine_commands()
     result = subprocess.run(demo.split(), cwd=REPO, capture_output=True, text=True,

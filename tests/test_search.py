@@ -1,4 +1,7 @@
-"""`promptsearch run`: Ray Tune + Optuna + early stopping on the real engine, end to end through the CLI."""
+"""`promptsearch run`: Ray Tune + Optuna + early stopping on the real engine, end to end through the CLI.
+
+The runs are in-process (``run_cli``, on the session's engines), except the one a SIGKILL
+ends, which needs a process (and Ray instance) of its own."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ SMALL = ["--trials", "4", "--chunks", "2", "--max-validation", "8", "--max-test"
 
 
 def _rescore(task: str, predictions: Path) -> dict[str, float]:
-    result = run_cli("score", "--task", task, "--predictions", str(predictions), timeout=120)
+    result = run_cli("score", "--task", task, "--predictions", str(predictions))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -55,6 +58,7 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
     return summary
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("task", ["qa", "instruct"])  # summary: tests/test_readme.py
 def test_small_search_end_to_end(tmp_path: Path, task: str) -> None:
     run_dir = tmp_path / "run"
@@ -72,6 +76,7 @@ def _trial_params(run_dir: Path) -> list[dict]:
     return [r["params"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()]
 
 
+@pytest.mark.engine
 def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) -> None:
     args = ["run", "--task", "qa", "--trials", "6", "--chunks", "2", "--max-validation", "8",
             "--max-test", "6", "--seed", "3", "--max-model-len", "2048"]
@@ -103,6 +108,7 @@ def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) 
     assert summary["cache"]["misses"] == 0  # nothing generated again
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("scheduler", ["halving", "asha"])
 def test_early_stopping_stops_a_clearly_bad_configuration(tmp_path: Path, scheduler: str) -> None:
     space = tmp_path / "space.yaml"
@@ -153,7 +159,7 @@ def test_bad_space_fails_before_any_trial(tmp_path: Path, space: dict, message: 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     result = run_cli("run", "--task", "qa", "--space", str(path), "--out",
-                     str(tmp_path / "run"), timeout=300)
+                     str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "trials.parquet").exists()

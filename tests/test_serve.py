@@ -1,4 +1,7 @@
-"""`promptsearch serve` on a finished run: real Ray Serve over real HTTP."""
+"""`promptsearch serve` on a finished run: real Ray Serve over real HTTP.
+
+The run is made in-process; each server is a process of its own (its own Ray instance and
+engine), stopped with Ctrl-C as a user would."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import requests
 
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from tests.conftest import REPO, engine_core_pids, run_cli
+
+pytestmark = pytest.mark.engine
 
 TOKEN = "test-token"
 
