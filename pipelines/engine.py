@@ -63,6 +63,7 @@ class EngineConfig:
         return {"model": self.model_id or self.model, "dtype": self.dtype,
                 "max_model_len": self.max_model_len, "seed": self.seed,
                 "device": self.device, "tensor_parallel_size": self.tensor_parallel_size,
+                "enforce_eager": self.enforce_eager, "cpus_per_engine": self.cpus_per_engine,
                 "vllm": vllm_version(), "batch_invariant": self.invariant}
 
     @property
