@@ -39,7 +39,8 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     metric = summary["metric"]
     rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
-    assert len(rows) == trials == summary["trials"]["run"]
+    ran = [r for r in rows if r["state"] != "duplicate"]  # repeats are recorded, not run
+    assert len(ran) == trials == summary["trials"]["run"]
     baseline = yaml.safe_load((run_dir / "baseline.yaml").read_text())
     assert rows[0]["config"] == baseline  # the baseline is the first trial
     best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r["score"])
@@ -67,7 +68,7 @@ def test_small_search_end_to_end(tmp_path: Path, task: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _check_run(run_dir, task, trials=4)
     assert "budget: 4 trials x 8 validation examples" in result.stderr
-    assert "trial 1/4 chunk 1/2" in result.stderr  # live progress
+    assert "trial 0 chunk 1/2" in result.stderr  # live progress: the baseline is trial 0
     assert f"test predictions: {run_dir}/predictions/test.parquet" in result.stdout
     assert summary["cache"]["hits"] > 0  # the final validation run re-uses the search's rows
 
@@ -91,7 +92,8 @@ def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) 
     assert proc.stderr is not None
     deadline = time.monotonic() + 600
     for line in proc.stderr:
-        if (line.startswith("[") and "trial 3/6" in line) or time.monotonic() > deadline:
+        # the first report: the first rung's trials are generating together
+        if (line.startswith("[") and " chunk 1/2 " in line) or time.monotonic() > deadline:
             break
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
     proc.wait(timeout=60)
@@ -116,8 +118,10 @@ def test_early_stopping_stops_a_clearly_bad_configuration(tmp_path: Path, schedu
         "templates": ["jglue-extract"],
         "fewshot": {"k": [0, 2], "selector": ["first"]},
         # max_tokens 1 cuts every answer to one token: clearly worse
-        "sampling": {"temperature": [0.0], "max_tokens": [32, 1], "stop": {"newline": ["\n"]}},
-        "parse": {"extract": ["strip_prefix", "first_line", "until_period"]},
+        "sampling": {"temperature": [0.0], "max_tokens": [32, 1], "stop": {"newline": ["\n"]},
+                     "repetition_penalty": [1.0, 1.05]},
+        "parse": {"extract": ["strip_prefix", "first_line", "until_period"],
+                  "line": ["first_line"]},  # 16 configurations: 8 distinct trials to find
     }, allow_unicode=True))
     run_dir = tmp_path / "run"
     result = run_cli("run", "--task", "qa", "--space", str(space), "--trials", "8",
@@ -133,6 +137,7 @@ def test_early_stopping_stops_a_clearly_bad_configuration(tmp_path: Path, schedu
     if scheduler == "halving":
         # One bracket of 8 cut by 3 at chunks 1 and 3: 8 trials run chunk 1, the best 3 of
         # them (by their chunk-1 score) run to chunk 3, the best of those finishes.
+        rows = [r for r in rows if r["state"] != "duplicate"]  # repeats never ran
         assert sorted(len(r["chunk_scores"]) for r in rows) == [1, 1, 1, 1, 1, 3, 3, 4]
         promoted = [r for r in rows if len(r["chunk_scores"]) >= 3]
         stopped = [r for r in rows if len(r["chunk_scores"]) == 1]
