@@ -59,6 +59,7 @@ def measure(name: str, pool: Any, work: Path) -> dict[str, Any]:
     task = plan.task
     space = plan.space if pool.has_chat_template else plan.space.without_chat(task)
     searcher = PromptSearch(trials=run.trials, chunks=run.chunks, seed=run.seed)
+    (work / name).mkdir(parents=True)
     view = pool.with_cache(empty_cache() / "generations")
     pool.engine_stats(reset=True)
     start = time.perf_counter()

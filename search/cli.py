@@ -305,7 +305,12 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
         plan = plan_run(spec)
         run_dir = prepare_run_dir(out, task_name, force=force)
     click.echo(f"run directory: {run_dir}", err=True)
-    summary = execute_run(plan, run_dir, verbose=ctx.obj["verbose"])
+    try:
+        summary = execute_run(plan, run_dir, verbose=ctx.obj["verbose"])
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: nothing finished is lost; continue with "
+                   f"'promptsearch run --resume {run_dir}'", err=True)
+        sys.exit(130)
     metric = summary["metric"]
     base, best = summary["baseline"], summary["best"]
 

@@ -105,6 +105,7 @@ class PromptSearch:
             log.warning("the search space holds %d configurations: searching all of them, "
                         "not %d", total, self.trials)
         plan, scheduler, marks = self._schedule(n_chunks, total)
+        run_dir.mkdir(parents=True, exist_ok=True)
         study_path = run_dir / "optuna.db"
         study_path.unlink(missing_ok=True)  # a replay must not see the trials of an earlier try
         storage = f"sqlite:///{study_path.resolve()}"
@@ -224,6 +225,9 @@ def _quiet_tune() -> None:
     import os
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0
+    # Ctrl-C interrupts the run (which says how to resume) instead of Tune ending the
+    # experiment early and the run reporting that no trial finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.ERROR)
