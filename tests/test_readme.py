@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from promptsearch.pipelines.models import CACHE_ENV, cache_dir
 from tests.conftest import REPO
 from tests.test_search import _check_run
 
@@ -50,10 +53,16 @@ def test_test_fast_is_a_development_aid_beside_the_two_commands() -> None:
 
 
 @pytest.mark.engine
-def test_demo_command_runs_the_main_job_on_the_embedded_default() -> None:
+def test_demo_command_runs_the_main_job_on_the_embedded_default(tmp_path: Path) -> None:
+    """As a newcomer's first run: an empty generation cache (the prepared models linked)."""
     demo, _ = _fresh_machine_commands()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(cache_dir() / "models")
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    env.pop("RAY_ADDRESS", None)
     result = subprocess.run(demo.split(), cwd=REPO, capture_output=True, text=True,
-                            timeout=1200)
+                            timeout=1200, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = REPO / re.search(r"run directory: (\S+)", result.stderr).group(1)
     summary = _check_run(run_dir, "summary", trials=16)
@@ -61,3 +70,5 @@ def test_demo_command_runs_the_main_job_on_the_embedded_default() -> None:
     assert summary["best"]["validation"] >= summary["baseline"]["validation"]
     assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] > 0
     assert "setup: done" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cache"]["misses"] > 0  # generated, not read from an earlier run
