@@ -35,6 +35,7 @@ def _free_port() -> int:
 
 class Server:
     def __init__(self, run_dir: Path, *extra: str) -> None:
+        self.engines_before: set[int] = set()  # engine cores before this server started
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -161,20 +162,6 @@ def test_prompt_injection_in_a_field_is_data(server: Server) -> None:
     assert response.status_code == 200, response.text
 
 
-def test_auth_off_and_shutdown_leaves_nothing_running(finished_run: Path) -> None:
-    before = engine_core_pids()
-    srv = Server(finished_run)
-    assert engine_core_pids() - before
-    answer = _post(srv, "/v1/qa", {"context": "東京は日本の首都です。", "question": "日本の首都は？"},
-                   token=None)
-    assert answer.status_code == 200 and answer.json()["output"] is not None
-    assert srv.stop() == 130  # Ctrl-C
-    time.sleep(3)
-    assert not (engine_core_pids() - before)
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{srv.url}/healthz", timeout=2)
-
-
 # Ray Serve admits max_ongoing + max_queued requests at once; with at most max_queued clients
 # the queue can never be full, so no request may be turned away.
 ONGOING, QUEUED = 1, 4
@@ -182,11 +169,15 @@ ONGOING, QUEUED = 1, 4
 
 @pytest.fixture(scope="module")
 def small_server(finished_run: Path, server: Server) -> Iterator[Server]:
+    """The second (and last) server of the module: small limits, and no --auth-token, so
+    that it also shows a server with auth off; the module's last test stops it with Ctrl-C."""
     # The load tests come last: stop the main server first, since two servers and the test
     # session's engines do not fit in 24 GB together.
     server.stop()
+    before = engine_core_pids()
     srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
                  "--max-queued-requests", str(QUEUED), "--retry-after", "1.5")
+    srv.engines_before = before
     yield srv
     srv.stop()
 
@@ -211,3 +202,16 @@ def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Ser
     assert requests.get(small_server.url + "/healthz", timeout=10).json()["status"] == "ok"
     answer = _post(small_server, "/v1/qa", bodies[0], token=None)
     assert answer.status_code == 200 and isinstance(answer.json()["output"], str), answer.text
+
+
+def test_auth_off_and_shutdown_leaves_nothing_running(small_server: Server) -> None:
+    """Runs last (it stops the server): the small server has no --auth-token."""
+    assert engine_core_pids() - small_server.engines_before  # the server's own engine
+    answer = _post(small_server, "/v1/qa",
+                   {"context": "東京は日本の首都です。", "question": "日本の首都は？"}, token=None)
+    assert answer.status_code == 200 and answer.json()["output"] is not None
+    assert small_server.stop() == 130  # Ctrl-C
+    time.sleep(3)
+    assert not (engine_core_pids() - small_server.engines_before)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{small_server.url}/healthz", timeout=2)
