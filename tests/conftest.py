@@ -142,6 +142,8 @@ def _no_engines() -> Iterator[None]:
     from promptsearch.search.runtime import shared_engines
 
     with shared_engines(None), pytest.MonkeyPatch.context() as mp:
+        # EnginePool creates each engine actor here, after its checks (a bad --engines still
+        # fails as it would). Should the method be renamed, the guard lapses; tests still pass.
         mp.setattr(EnginePool, "_create_actor", _refuse_engine, raising=False)
         yield
 
