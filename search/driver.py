@@ -246,20 +246,15 @@ def _trial_log() -> Any:
     from ray.tune import Callback
 
     class TrialLog(Callback):
-        """Each trial's configuration and failed attempts (recovered or not), by directory
-        name: Tune's results lack the configuration of a trial that died before reporting."""
+        """Each trial's failed attempts (recovered or not), by directory name: Tune's
+        results do not count the attempts it retried."""
 
         def __init__(self) -> None:
-            self.configs: dict[str, dict[str, Any]] = {}
             self.failed: list[str] = []
 
         def failures(self, name: str) -> int:
             return self.failed.count(name)
 
-
-        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
-                           **info: Any) -> None:
-            self.configs[_trial_name(trial)] = dict(trial.config)
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                              **info: Any) -> None:

@@ -122,17 +122,20 @@ class _Trial:
         return self.recover
 
 
+def _one_bracket(n: int) -> tuple[BracketPlan, list[_Trial], object]:
+    """A bracket of ``n`` trials, all suggested, under halving over 4 chunks with eta 3."""
+    from promptsearch.search.halving import SyncHalvingScheduler
+
+    plan = BracketPlan([n])
+    trials = [_Trial(f"t{i}") for i in range(n)]
+    _fill(plan, "t")
+    return plan, trials, SyncHalvingScheduler(plan=plan, max_t=4, reduction_factor=3)
+
+
 def test_halving_holds_a_rung_until_complete_then_keeps_the_best_third() -> None:
     from ray.tune.schedulers import TrialScheduler as TS
 
-    from promptsearch.search.halving import SyncHalvingScheduler
-
-    plan = BracketPlan([6])
-    trials = [_Trial(f"t{i}") for i in range(6)]
-    bracket = plan.open()
-    for t in trials:
-        plan.add(t.trial_id, bracket)
-    scheduler = SyncHalvingScheduler(plan=plan, max_t=4, reduction_factor=3)
+    plan, trials, scheduler = _one_bracket(6)
     tc = _Controller()
     scores = [5.0, 9.0, 1.0, 9.0, 3.0, 7.0]
     decisions = [scheduler.on_trial_result(tc, t, {"chunk": 1, "score": s})
@@ -156,14 +159,7 @@ def test_halving_holds_a_rung_until_complete_then_keeps_the_best_third() -> None
 def test_halving_decides_without_a_trial_that_failed_for_good() -> None:
     from ray.tune.schedulers import TrialScheduler as TS
 
-    from promptsearch.search.halving import SyncHalvingScheduler
-
-    plan = BracketPlan([3])
-    trials = [_Trial(f"t{i}") for i in range(3)]
-    bracket = plan.open()
-    for t in trials:
-        plan.add(t.trial_id, bracket)
-    scheduler = SyncHalvingScheduler(plan=plan, max_t=4, reduction_factor=3)
+    _, trials, scheduler = _one_bracket(3)
     tc = _Controller()
     assert scheduler.on_trial_result(tc, trials[0], {"chunk": 1, "score": 1.0}) == TS.NOOP
     assert scheduler.on_trial_result(tc, trials[1], {"chunk": 1, "score": 2.0}) == TS.NOOP
