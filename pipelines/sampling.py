@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
 
-from promptsearch.pipelines.errors import UserError
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
+
+from promptsearch.pipelines.contract import Contract, validate_contract
 
 _ESCAPE = re.compile(r"\\([nt\\])")
 _ESCAPED = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -22,62 +22,48 @@ def decode_stop(text: str) -> str:
     return _ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], text)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How to decode one request. ``temperature=0`` is greedy decoding."""
+def _top_p_range(value: float) -> float:
+    if not 0 < value <= 1:
+        raise ValueError("must be in (0, 1]")
+    return value
 
-    temperature: float = 0.0
-    """Softmax temperature; 0 means greedy."""
-    top_p: float = 1.0
+
+# One definition per decoding field, shared by ``Sampling`` and the search space's choices.
+Temperature = Annotated[float, Field(strict=True, ge=0)]
+TopP = Annotated[float, Field(strict=True), AfterValidator(_top_p_range)]
+MaxTokens = Annotated[StrictInt, Field(ge=1)]
+RepetitionPenalty = Annotated[float, Field(strict=True, gt=0)]
+StopString = Annotated[StrictStr, Field(min_length=1)]
+
+
+class Sampling(Contract):
+    """How to decode one request. ``temperature=0`` is greedy decoding.
+
+    The ``sampling`` mapping of ``best.yaml`` and of a task's YAML; serve maps a request's
+    OpenAI fields onto it one to one.
+    """
+
+    temperature: Temperature = 0.0
+    """Softmax temperature, >= 0; 0 means greedy decoding."""
+    top_p: TopP = 1.0
     """Nucleus sampling mass, in (0, 1]."""
-    max_tokens: int = 64
-    """Most tokens to generate."""
-    stop: tuple[str, ...] = field(default_factory=tuple)
-    """Strings that end the generation (not included in the output)."""
-    repetition_penalty: float = 1.0
-    """> 1 discourages repeating tokens (vLLM's definition)."""
-    seed: int | None = None
-    """Per-request seed, so a sampled request is reproducible."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            # NaN passes no comparison and infinity passes some; JSON and YAML both carry them.
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not math.isfinite(value):
-                raise UserError(f"{name} must be a finite number, got {value!r}")
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0", self.temperature),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]", self.top_p),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-             "max_tokens must be an integer >= 1", self.max_tokens),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0",
-             self.repetition_penalty),
-            (all(isinstance(s, str) and s for s in self.stop),
-             "stop must be a list of non-empty strings", list(self.stop)),
-        ]
-        for ok, message, value in checks:
-            if not ok:
-                raise UserError(f"{message}, got {value!r}")
+    max_tokens: MaxTokens = 64
+    """Most tokens to generate, >= 1."""
+    stop: tuple[StopString, ...] = ()
+    """Strings that end the generation (not included in the output): a list of non-empty
+    strings, e.g. ``["\\n"]``."""
+    repetition_penalty: RepetitionPenalty = 1.0
+    """> 1 discourages repeating tokens (vLLM's definition); > 0."""
+    seed: StrictInt | None = None
+    """Per-request seed, so a sampled request is reproducible; null for none."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "sampling") -> Sampling:
-        """Build from YAML/JSON, naming the unknown field if there is one."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown field {unknown[0]!r}; "
-                            f"allowed: {', '.join(sorted(known))}")
-        try:
-            return cls(**{k: v for k, v in data.items() if v is not None})
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-        except TypeError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        """Build from YAML/JSON; an error names ``where`` and the field."""
+        return validate_contract(cls, data, where=where)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = self.model_dump()
         out["stop"] = list(self.stop)
         return out
 

@@ -11,22 +11,107 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from promptsearch.pipelines.config import FewShot, PromptConfig, check_template
+from promptsearch.pipelines.contract import Contract, check_known, load_contract
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
-from promptsearch.pipelines.parsing import check_parse_steps
-from promptsearch.pipelines.readers import read_yaml
-from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.parsing import PARSERS
+from promptsearch.pipelines.sampling import (
+    MaxTokens,
+    RepetitionPenalty,
+    Sampling,
+    StopString,
+    Temperature,
+    TopP,
+)
 from promptsearch.pipelines.tasks import TASK_DIR, PromptTemplate, Task
 
+T = TypeVar("T")
 
-def _choices(value: Any, where: str) -> list[Any]:
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise UserError(f"{where}: needs at least one value")
-    return values
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+Choices = Annotated[tuple[T, ...], BeforeValidator(_as_list), Field(min_length=1)]
+"""A categorical parameter: a list of values, or one value (fixed)."""
+
+
+class SpaceFewShot(Contract):
+    """The ``fewshot`` mapping of a search space: choices for each few-shot setting."""
+
+    k: Choices[Annotated[StrictInt, Field(ge=0)]] = (0,)
+    """Numbers of demos to try (integers >= 0)."""
+    selector: Choices[StrictStr] = ("first",)
+    """Selectors to try when k > 0: first, random, similar."""
+    order: Choices[StrictStr] = ("as_selected",)
+    """Demo orders to try when k > 0: as_selected, reversed."""
+    seed: Choices[StrictInt] = (0,)
+    """Seeds of the ``random`` selector to try."""
+
+    @field_validator("selector")
+    @classmethod
+    def _known_selectors(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        check_known(values, SELECTORS)
+        return values
+
+    @field_validator("order")
+    @classmethod
+    def _known_orders(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        check_known(values, ORDERS)
+        return values
+
+
+class SpaceSampling(Contract):
+    """The ``sampling`` mapping of a search space: choices for each decoding parameter, each
+    under the same rules as a configuration's ``sampling``."""
+
+    temperature: Choices[Temperature] = (0.0,)
+    """Temperatures to try (>= 0; 0 is greedy)."""
+    top_p: Choices[TopP] = (1.0,)
+    """Nucleus masses to try when temperature > 0, each in (0, 1]."""
+    max_tokens: Choices[MaxTokens] | None = None
+    """Most tokens to generate (integers >= 1); absent means the task's default."""
+    repetition_penalty: Choices[RepetitionPenalty] = (1.0,)
+    """Repetition penalties to try (> 0)."""
+    stop: dict[StrictStr, list[StopString]] | None = None
+    """Named stop lists to try, e.g. ``{newline: ["\\n"], none: []}``; absent means the
+    task's stop list."""
+    seed: StrictInt | None = 0
+    """Seed of every sampled request (temperature > 0); null for unseeded."""
+
+
+class SpaceFile(Contract):
+    """A search space: every parameter is a categorical choice. A list gives the values to
+    try; a scalar is a fixed value."""
+
+    templates: Choices[StrictStr] | None = None
+    """Templates to try: the task's (``promptsearch tasks``) or ``extra_templates`` names;
+    absent means every template of the task."""
+    extra_templates: dict[StrictStr, dict[StrictStr, Any]] = Field(default_factory=dict)
+    """Your own templates by name (keys: example, answer, instruction, separator, chat,
+    version, description); list a name in ``templates`` to search it."""
+    fewshot: SpaceFewShot = SpaceFewShot()
+    """Few-shot choices; absent means zero-shot only."""
+    sampling: SpaceSampling = SpaceSampling()
+    """Decoding choices."""
+    parse: dict[StrictStr, tuple[StrictStr, ...]] | None = None
+    """Named parse-step lists to try (steps: strip, first_line, strip_prefix, until_period,
+    strip_quotes); absent means the task's steps."""
+    chat: Choices[StrictBool] = (False,)
+    """Whether to send text templates through the model's chat template: [false], [true]
+    or both."""
+
+    @field_validator("parse")
+    @classmethod
+    def _known_steps(cls, named: dict[str, tuple[str, ...]] | None) -> Any:
+        for steps in (named or {}).values():
+            check_known(steps, PARSERS)
+        return named
 
 
 @dataclass(frozen=True)
@@ -50,65 +135,33 @@ class SearchSpace:
     def load(cls, task: Task, path: str | Path | None = None) -> SearchSpace:
         """The task's default space, or a user's ``--space`` file."""
         path = Path(path) if path else TASK_DIR / f"{task.name}.space.yaml"
-        data = read_yaml(path)
         where = str(path)
-        if not isinstance(data, Mapping):
-            raise UserError(f"{where}: a search space must be a YAML mapping")
-        known = {"templates", "extra_templates", "fewshot", "sampling", "parse", "chat"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown key {unknown[0]!r}; allowed: "
-                            f"{', '.join(sorted(known))}")
-        shots, sampling = data.get("fewshot") or {}, data.get("sampling") or {}
+        data = load_contract(SpaceFile, path)
+        shots, sampling = data.fewshot, data.sampling
         extra = {name: PromptTemplate.from_dict(name, spec, where=where)
-                 for name, spec in (data.get("extra_templates") or {}).items()}
+                 for name, spec in data.extra_templates.items()}
         space = cls(
-            templates=_choices(data.get("templates", list(task.templates)), f"{where}: templates"),
-            k=_choices(shots.get("k", 0), f"{where}: fewshot.k"),
-            selector=_choices(shots.get("selector", "first"), f"{where}: fewshot.selector"),
-            order=_choices(shots.get("order", "as_selected"), f"{where}: fewshot.order"),
-            demo_seed=_choices(shots.get("seed", 0), f"{where}: fewshot.seed"),
-            temperature=_choices(sampling.get("temperature", 0.0), f"{where}: temperature"),
-            top_p=_choices(sampling.get("top_p", 1.0), f"{where}: top_p"),
-            max_tokens=_choices(sampling.get("max_tokens", task.sampling.max_tokens),
-                                f"{where}: max_tokens"),
-            repetition_penalty=_choices(sampling.get("repetition_penalty", 1.0),
-                                        f"{where}: repetition_penalty"),
-            stop=dict(sampling.get("stop") or {"task": list(task.sampling.stop)}),
-            parse=dict(data.get("parse") or {"task": list(task.parse)}),
-            chat=_choices(data.get("chat", False), f"{where}: chat"),
-            sampling_seed=sampling.get("seed", 0),
-            extra_templates=extra)
+            templates=list(data.templates or task.templates),
+            k=list(shots.k), selector=list(shots.selector), order=list(shots.order),
+            demo_seed=list(shots.seed), temperature=list(sampling.temperature),
+            top_p=list(sampling.top_p),
+            max_tokens=list(sampling.max_tokens or [task.sampling.max_tokens]),
+            repetition_penalty=list(sampling.repetition_penalty),
+            stop=dict(sampling.stop or {"task": list(task.sampling.stop)}),
+            parse={name: list(steps) for name, steps in
+                   (data.parse or {"task": list(task.parse)}).items()},
+            chat=list(data.chat), sampling_seed=sampling.seed, extra_templates=extra)
         space.check(task, where=where)
         return space
 
     def check(self, task: Task, *, where: str) -> None:
-        """Reject names that do not exist and values out of range, before any trial."""
+        """What the file's model cannot know: template names and fields of this task."""
         for name in self.templates:
             if name not in task.templates and name not in self.extra_templates:
                 raise UserError(f"{where}: unknown template {name!r}; known: "
                                 f"{', '.join([*task.templates, *self.extra_templates])}")
         for template in self.extra_templates.values():
             check_template(template, task, where=where)
-        for k in self.k:
-            if not isinstance(k, int) or k < 0:
-                raise UserError(f"{where}: fewshot.k values must be integers >= 0, got {k!r}")
-        for value, allowed, label in ((self.selector, SELECTORS, "fewshot.selector"),
-                                      (self.order, ORDERS, "fewshot.order")):
-            bad = [v for v in value if v not in allowed]
-            if bad:
-                raise UserError(f"{where}: unknown {label} {bad[0]!r}; known: "
-                                f"{', '.join(allowed)}")
-        for steps in self.parse.values():
-            check_parse_steps(steps, where=f"{where}: parse")
-        for t in self.temperature:
-            for p in self.top_p:
-                for m in self.max_tokens:
-                    for r in self.repetition_penalty:
-                        for stops in self.stop.values():
-                            Sampling.from_dict({"temperature": t, "top_p": p, "max_tokens": m,
-                                                "repetition_penalty": r, "stop": stops},
-                                               where=f"{where}: sampling")
 
     def template(self, task: Task, name: str) -> PromptTemplate:
         return self.extra_templates.get(name) or task.template(name)
