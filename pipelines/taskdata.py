@@ -1,9 +1,11 @@
 """A task's examples and splits: bundled data, a directory of splits, or one file split here.
 
-Split rule for a single file (documented, seeded): groups of rows (JSQuAD: one article; other
-QA files: one context; otherwise each row) are ordered by sha256(seed, group) and assigned to
-few-shot / validation / test at 20 / 40 / 40 % of rows, so a few-shot demo never shares a
-context with an evaluated question. See ``datasets.split_records``.
+Split rule for a single file (documented, seeded): groups of rows (JSQuAD: one article; else
+the task's ``split_group`` field, e.g. QA's context; otherwise each row) are ordered by
+sha256(seed, group) and assigned to few-shot / validation / test at 20 / 40 / 40 % of rows, so
+a few-shot demo never shares a context with an evaluated question. See
+``datasets.split_records``. What differs between tasks (their own file formats, fields that
+are not text) is in each task's module.
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from promptsearch.pipelines.datasets import (
-    decode_answers,
-    decode_instructions,
     load_hf_dataset,
-    load_jsquad,
-    load_mifeval,
     load_table,
     map_fields,
     split_records,
@@ -54,13 +52,11 @@ def load_examples(task: Task, source: str | Path, *,
     places: list[str] | None = None
     if not path.exists() and looks_like_hub_id:
         rows = map_fields(load_hf_dataset(text, split="validation"), field_map, source=text)
+    elif (own := task.read_file(path, field_map)) is not None:
+        rows = own
     elif path.suffix == ".json":
-        if task.name != "qa":
-            raise UserError(f"{path}: SQuAD/JSQuAD JSON is a QA format; task {task.name} "
-                            f"reads {', '.join(SUFFIXES)}")
-        rows = load_jsquad(path)
-    elif task.name == "instruct" and path.suffix == ".jsonl" and not field_map:
-        rows = load_mifeval(path)
+        raise UserError(f"{path}: task {task.name} does not read .json files (SQuAD/JSQuAD "
+                        f"JSON is a QA format); it reads {', '.join(SUFFIXES)}")
     else:
         required = [task.id_field, *task.input_fields]
         if references:
@@ -75,24 +71,16 @@ def load_examples(task: Task, source: str | Path, *,
 
 def checked_example(task: Task, row: Mapping[str, Any], *, where: str,
                     references: bool = True) -> dict[str, Any]:
-    """``row`` with the task's fields checked and its reference fields decoded.
-
-    Reference fields that are text (every CSV cell is) are decoded: QA ``answers`` and
-    M-IFEval ``instruction_id_list`` / ``kwargs``. ``where`` names the row in any error.
+    """``row`` with the task's fields checked and its non-text fields decoded by the task's
+    module (every CSV cell is text: QA ``answers``, M-IFEval ``instruction_id_list`` /
+    ``kwargs``, a choice ``label``). ``where`` names the row in any error.
     """
     task.check_example(row, where=where, references=references)
     example = dict(row)
-    lists: set[str] = set()
-    if task.name == "qa" and example.get("answers") is not None:
-        example["answers"] = decode_answers(example["answers"], where)
-        lists.add("answers")
-    if task.name == "instruct" and (example.get("instruction_id_list") is not None
-                                    or example.get("kwargs") is not None):
-        example["instruction_id_list"], example["kwargs"] = decode_instructions(example, where)
-        lists.update(("instruction_id_list", "kwargs"))
+    decoded = task.decode(example, where)
     texts = [*task.input_fields, *(task.reference_fields if references else ())]
     for name in texts:  # a number or a list in a text field is a mapping mistake
-        if name not in lists and not isinstance(example[name], str):
+        if name not in decoded and not isinstance(example[name], str):
             raise UserError(f"{where}: field {name!r} must be text, got "
                             f"{type(example[name]).__name__} {str(example[name])[:40]!r}")
     return example
@@ -128,7 +116,7 @@ def load_task_data(task: Task, data: str | Path | None = None, *, seed: int = 0,
         source = str(data)
     else:
         rows = load_examples(task, data, field_map=field_map)
-        group = "title" if "title" in rows[0] else ("context" if task.name == "qa" else None)
+        group = "title" if "title" in rows[0] else task.split_group
         splits = split_records(rows, seed=seed, group_by=group)
         source = str(data)
     for name in ("validation", "test"):

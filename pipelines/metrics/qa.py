@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from promptsearch.pipelines.metrics.registry import register_metric
+
 __all__ = ["char_f1", "exact_match", "normalize_answer"]
 
 
@@ -63,3 +65,9 @@ def char_f1(prediction: str, golds: Sequence[str]) -> float:
     An empty prediction scores 0 against any non-empty gold answer.
     """
     return 100.0 * max(_f1(gold, prediction) for gold in _gold_answers(golds))
+
+
+register_metric("exact_match", description="JGLUE exact match against any gold answer "
+                "(x100)")(exact_match)
+register_metric("char_f1", description="JGLUE character F1, best over the gold answers "
+                "(x100)")(char_f1)

@@ -1,13 +1,24 @@
-"""QA: exact match and character F1 against every gold answer (JGLUE)."""
+"""QA (JSQuAD): reads SQuAD/JSQuAD JSON too; gold answers are a list (a CSV cell holds JSON).
+
+Scored by the registered ``exact_match`` and ``char_f1`` (JGLUE's definitions, max over the
+gold answers).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.metrics.qa import char_f1, exact_match
+from promptsearch.pipelines.datasets import decode_answers, load_jsquad
 
 
-def score_row(output: str, example: Mapping[str, Any]) -> dict[str, Any]:
-    golds = example["answers"]
-    return {"exact_match": exact_match(output, golds), "char_f1": char_f1(output, golds)}
+def read_file(path: Path, field_map: Mapping[str, str] | None) -> list[dict[str, Any]] | None:
+    return load_jsquad(path) if path.suffix == ".json" else None
+
+
+def decode(example: dict[str, Any], where: str) -> set[str]:
+    if example.get("answers") is None:
+        return set()
+    example["answers"] = decode_answers(example["answers"], where)
+    return {"answers"}
