@@ -122,6 +122,83 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def write_interval_plot(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """``best_minus_baseline.png``: the difference on each split with its interval and the
+    zero line, so that an interval across 0 is seen at a glance. [] when there is none."""
+    intervals = {split: i for split, i in summary.get("best_minus_baseline", {}).items() if i}
+    if not intervals:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.6 * len(intervals)))
+    for y, i in enumerate(intervals.values()):
+        color = "tab:blue" if i["separated"] else "tab:gray"
+        ax.errorbar([i["difference"]], [y], xerr=[[i["difference"] - i["low"]],
+                                                 [i["high"] - i["difference"]]],
+                    fmt="o", color=color, capsize=4)
+    ax.axvline(0, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(intervals)),
+                  [f"{split} (n={i['rows']})" for split, i in intervals.items()])
+    ax.set_ylim(-0.6, len(intervals) - 0.4)
+    confidence = next(iter(intervals.values()))["confidence"]
+    ax.set_xlabel(f"best - baseline, {summary['metric']} ({confidence:.0%} paired bootstrap "
+                  "interval)")
+    _save(fig, run_dir / "best_minus_baseline.png")
+    plt.close(fig)
+    return ["best_minus_baseline.png"]
+
+
+def confidence_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's "How sure is this" section: best - baseline with its interval per split,
+    and, when validation cannot separate them, how many rows would."""
+    intervals = summary.get("best_minus_baseline") or {}
+    if not any(intervals.values()):
+        return []
+    lines = ["", "### How sure is this", "",
+             f"Best - baseline on {summary['metric']}, paired bootstrap over the same rows "
+             "(percentile interval, rows resampled together, seeded):", ""]
+    for split in ("validation", "test"):
+        i = intervals.get(split)
+        if i is None:
+            lines.append(f"- {split}: no references, no interval")
+            continue
+        verdict = "separated (the interval excludes 0)" if i["separated"] else \
+            "**not separated** (the interval contains 0)"
+        lines.append(f"- {split}: {i['difference']:+.2f}, {i['confidence']:.0%} interval "
+                     f"[{i['low']:+.2f}, {i['high']:+.2f}] over {i['rows']} rows, "
+                     f"{i['resamples']} resamples: {verdict}")
+    validation = intervals.get("validation")
+    if validation is not None and not validation["separated"]:
+        lines += ["", not_separated_line(validation) + " " + ROWS_NEEDED_RULE]
+    search = summary["baseline"].get("validation_search")
+    if search is not None and summary["baseline"].get("validation") is not None \
+            and abs(search - summary["baseline"]["validation"]) > 1e-9:
+        lines += ["", f"The baseline's validation score above is over every validation row; "
+                  f"in the search it stopped at {search:.2f} on the chunks it ran."]
+    return lines
+
+
+ROWS_NEEDED_RULE = ("(Rows needed: n x (w / |d|)^2, where n is the validation rows, w the "
+                    "interval's half-width and d the observed difference: the half-width "
+                    "shrinks as 1/sqrt(n), so at that size it would equal d; for a per-row "
+                    "mean this is (1.96 sd / |d|)^2 with sd the rows' standard deviation of "
+                    "differences. A rough guide, not a power calculation.)")
+
+
+def not_separated_line(interval: dict[str, Any]) -> str:
+    """One line (the report's and the run's last line) for a validation interval that
+    contains 0."""
+    needed = interval.get("rows_needed")
+    rows = "—" if needed is None else f"about {needed}"
+    return (f"The search could not separate best from baseline: on validation best - baseline "
+            f"= {interval['difference']:+.2f}, {interval['confidence']:.0%} interval "
+            f"[{interval['low']:+.2f}, {interval['high']:+.2f}] over {interval['rows']} rows "
+            f"contains 0; validation rows needed for a difference this large: {rows}.")
+
+
 def write_report(run_dir: Path, result: SearchResult, summary: dict[str, Any],
                  plots: Sequence[str]) -> None:
     metric = summary["metric"]
@@ -135,6 +212,11 @@ def write_report(run_dir: Path, result: SearchResult, summary: dict[str, Any],
                      f"{_fmt(scores.get('test'))} |")
     if summary.get("gain_test") is not None:
         lines += ["", f"Gain on the held-out test split: **{summary['gain_test']:+.2f}**."]
+    lines += confidence_lines(summary)
+    if summary.get("judge"):
+        from promptsearch.pipelines.judge.report import judge_report_lines
+
+        lines += judge_report_lines(summary["judge"])
     best = yaml.safe_dump(result.best_config.to_dict(), allow_unicode=True, sort_keys=False)
     lines += ["", "Best configuration (`best.yaml`):", "", "```yaml", best.rstrip(), "```", "",
               "## Top trials", "", "| # | state | score | chunk scores | params |",
