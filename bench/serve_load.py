@@ -150,12 +150,13 @@ def ramp_levels(max_concurrency: int) -> list[int]:
 
 def task_bodies(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     """The run's task and one request body per validation and test row of its own data."""
-    import yaml
-
+    from promptsearch.pipelines.readers import read_yaml
     from promptsearch.pipelines.taskdata import load_task_data
     from promptsearch.pipelines.tasks import load_task
 
-    spec = yaml.safe_load((run_dir / "run.yaml").read_text(encoding="utf-8"))
+    spec = read_yaml(run_dir / "run.yaml")
+    if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
+        raise SystemExit(f"{run_dir / 'run.yaml'}: not a run.yaml written by 'promptsearch run'")
     task = load_task(spec["task"])
     data = load_task_data(task, spec.get("data"), seed=spec.get("seed", 0))
     rows = [*data.validation, *data.test]

@@ -2,167 +2,315 @@
 
 Built on the project's own engine pool rather than ``ray.serve.llm``: the served answer must
 be rendered, generated, tokenised and parsed exactly as the search saw it (``render_requests``,
-``EnginePool``, ``parse_output``), and the pool's engines are the ones the CPU build of vLLM
+``EnginePool``, ``Task.read_answer``), and the pool's engines are the ones the CPU build of vLLM
 runs here. Replicas share one pool, passed by handle.
+
+Each replica builds its FastAPI app itself (``__serve_build_asgi_app__``), so that the bearer
+token check can wrap the whole app: it runs before routing, so an unauthenticated caller
+learns nothing (no route, no task name, no API description). Only ``GET /healthz`` is open,
+and it says ``ok`` or not, nothing else.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import math
+import os
+import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from promptsearch.pipelines.config import PromptConfig
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.parsing import parse_output
-from promptsearch.pipelines.pool import EnginePool
+from promptsearch.pipelines.pool import EnginePool, Generation
 from promptsearch.pipelines.prompts import demo_pool, render_requests
+from promptsearch.pipelines.readers import read_yaml
 from promptsearch.pipelines.sampling import Sampling
 from promptsearch.pipelines.taskdata import load_task_data
 from promptsearch.pipelines.tasks import load_task
+from promptsearch.serve.bodies import ChatRequest, input_models, read_json, validate
 
-api = FastAPI(title="promptsearch", docs_url=None, redoc_url=None)
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/healthz"
+AUTH_ENV = "PROMPTSEARCH_AUTH_TOKEN"
+
+# Pool errors about one request (it does not fit, it cannot be rendered): the caller's to fix.
+_REQUEST_ERRORS = ("prompt has ", "cannot render request")
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Bounds on what one request may ask for; beyond them the answer is a clear 4xx."""
+    """Bounds on what one request may ask for and how long it may take; beyond them the
+    answer is a clear 4xx (or 503/504 when the engines cannot answer)."""
 
     auth_token: str | None = None
+    """Bearer token every request but ``/healthz`` must carry; None serves without auth
+    (the CLI allows that only on a loopback host or with ``--no-auth``)."""
     max_body_bytes: int = 256 * 1024
     max_batch: int = 32
     max_input_chars: int = 8000
     max_tokens: int = 512
     max_json_depth: int = 16
+    body_timeout_s: float = 30.0
+    """Time for the request body to arrive."""
+    engine_timeout_s: float = 240.0
+    """Time for the engines to answer one request; beyond it, 504."""
+    health_interval_s: float = 1.0
+    """How often each replica asks every engine whether it is alive."""
+    health_timeout_s: float = 3.0
+    """An engine that does not answer the health check within this is down (restarting)."""
+    restart_retry_after_s: float = 10.0
+    """``Retry-After`` of the 503 sent while an engine is down."""
+
+    def __post_init__(self) -> None:
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise UserError("--auth-token / PROMPTSEARCH_AUTH_TOKEN is empty; set a token, "
+                            "or pass --no-auth to serve without authentication")
 
 
-def _json_depth(value: Any, depth: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((_json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
-    if isinstance(value, list):
-        return max((_json_depth(v, depth + 1) for v in value), default=depth + 1)
-    return depth
+def checked_auth_token(host: str, token: str | None, *, no_auth: bool) -> str | None:
+    """The bearer token the server will require, or None with ``--no-auth``.
+
+    Serving without a token must be a decision, not an accident: an empty token (an unset
+    variable in a script) is refused rather than read as "no auth", and a host other machines
+    can reach needs a token unless ``--no-auth`` says otherwise.
+    """
+    if token is None and AUTH_ENV in os.environ:  # click reads an empty variable as unset
+        token = os.environ[AUTH_ENV]
+    if token is not None and not token.strip():
+        raise UserError(f"--auth-token / {AUTH_ENV} is empty; set a token, or pass --no-auth "
+                        "to serve without authentication")
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise UserError(f"--auth-token / {AUTH_ENV}: use printable ASCII without spaces (a "
+                        "bearer token travels in an HTTP header)")
+    if no_auth:
+        if token is not None:
+            raise UserError(f"--no-auth contradicts the token given (--auth-token or {AUTH_ENV});"
+                            " drop one of them")
+        return None
+    if token is None and not _loopback_only(host):
+        raise UserError(f"--host {host}: other machines can reach this address and no token is "
+                        f"set; pass --auth-token TOKEN (or set {AUTH_ENV}), or --no-auth to "
+                        "serve without authentication")
+    return token
+
+
+def _loopback_only(host: str) -> bool:
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+
+
+class _BearerFirst:
+    """ASGI wrapper: a request without the right bearer token gets 401 before the app (and
+    its router) sees it. Tokens are compared in constant time."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":  # none are served
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] == "http" and scope["path"] != HEALTH_PATH:
+            given = next((value for name, value in scope["headers"]
+                          if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(401, "missing or wrong bearer token",
+                                  {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 class PromptService:
-    """The Serve deployment body (``serve.deployment`` and ``serve.ingress`` applied below)."""
+    """The Serve deployment body (``serve.deployment`` and ``serve.ingress`` applied in
+    ``build_app``)."""
 
     def __init__(self, run_dir: str, pool: EnginePool, limits: ServeLimits) -> None:
-        import yaml
-
         run = Path(run_dir)
-        spec = yaml.safe_load((run / "run.yaml").read_text(encoding="utf-8"))
+        spec = read_yaml(run / "run.yaml")
+        if not isinstance(spec, dict):
+            raise UserError(f"{run / 'run.yaml'}: not a run.yaml written by 'promptsearch run'")
         self.config = PromptConfig.load(run / "best.yaml")
         self.task = load_task(self.config.task)
         data = load_task_data(self.task, spec.get("data"), seed=spec.get("seed", 0))
         self.fewshot = demo_pool(self.task, data.fewshot)
-        self.model = spec.get("model", "model")
+        self.model = str(spec.get("model", "model"))
         self.pool = pool
         self.limits = limits
+        self.input_model, self.batch_model = input_models(self.task.input_fields,
+                                                          self.task.name)
+        self.engines_ok = True
+        self._engines_down: asyncio.Event | None = None  # created on the serving loop
+        self._watcher: asyncio.Task[None] | None = None
 
-    # -- request checks -------------------------------------------------------------------
-    def _check_auth(self, request: Request) -> None:
+    # -- the app ---------------------------------------------------------------------------
+    def __serve_build_asgi_app__(self) -> Any:
+        """Called by Ray Serve in each replica after ``__init__``."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            self._engines_down = asyncio.Event()
+            self._watcher = asyncio.create_task(self._watch_engines())
+            yield
+            self._watcher.cancel()
+
+        api = FastAPI(title="promptsearch", docs_url=None, redoc_url=None, openapi_url=None,
+                      lifespan=lifespan)
+        api.add_exception_handler(StarletteHTTPException, _http_error)  # routing's 404/405 too
+        api.add_exception_handler(Exception, _internal_error)
+        api.add_api_route(HEALTH_PATH, self.healthz, methods=["GET"])
+        api.add_api_route("/v1/models", self.models, methods=["GET"])
+        api.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        api.add_api_route("/v1/{task}", self.task_endpoint, methods=["POST"])
         token = self.limits.auth_token
-        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            raise HTTPException(401, "missing or wrong bearer token")
+        return api if token is None else _BearerFirst(api, token)
 
-    async def _body(self, request: Request) -> Any:
-        self._check_auth(request)
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > self.limits.max_body_bytes:
-            raise HTTPException(413, f"body larger than {self.limits.max_body_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > self.limits.max_body_bytes:
-            raise HTTPException(413, f"body larger than {self.limits.max_body_bytes} bytes")
+    # -- engine health ---------------------------------------------------------------------
+    async def _watch_engines(self) -> None:
+        """Keep ``engines_ok`` true to the engines: an engine whose vLLM process died exits
+        and is restarted by Ray, and answers no health check until its model is loaded."""
+        while True:
+            try:
+                ok = all(await self.pool.health_async(timeout=self.limits.health_timeout_s))
+            except Exception:  # the watch must go on; an unknown state is not "ok"
+                log.exception("engine health check failed")
+                ok = False
+            if ok != self.engines_ok:
+                log.warning("engines %s", "back up" if ok else "down: answering 503")
+            self._set_engines_ok(ok)
+            await asyncio.sleep(self.limits.health_interval_s)
+
+    def _set_engines_ok(self, ok: bool) -> None:
+        self.engines_ok = ok
+        if self._engines_down is not None:
+            if ok:
+                self._engines_down.clear()
+            else:
+                self._engines_down.set()
+
+    def _unavailable(self, message: str) -> HTTPException:
+        retry = str(max(1, math.ceil(self.limits.restart_retry_after_s)))
+        return HTTPException(503, message, headers={"Retry-After": retry})
+
+    def _require_engines(self) -> None:
+        if not self.engines_ok:
+            raise self._unavailable("an engine is restarting; retry later")
+
+    async def _generate(self, requests: list[Any],
+                        sampling: Sampling | None) -> list[Generation]:
+        """Generate within the engine timeout; an engine failure is a 503, never a 4xx that
+        carries Ray's internal error text."""
+        self._require_engines()
+        generation = asyncio.ensure_future(self.pool.generate_async(requests, sampling))
+        waits = {generation}
+        if self._engines_down is not None:  # an engine going down ends the wait at once
+            waits.add(asyncio.ensure_future(self._engines_down.wait()))
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise HTTPException(400, "body is not valid UTF-8") from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise HTTPException(400, f"body is not valid JSON: {exc}") from None
-        if _json_depth(body) > self.limits.max_json_depth:
-            raise HTTPException(400, f"JSON nested deeper than {self.limits.max_json_depth}")
-        return body
+            await asyncio.wait(waits, timeout=self.limits.engine_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                if not task.done():
+                    task.cancel()
+        if not generation.done() or generation.cancelled():
+            if not self.engines_ok:
+                raise self._unavailable("an engine went down; retry later")
+            raise HTTPException(504, f"the engines did not answer within "
+                                     f"{self.limits.engine_timeout_s:g} s; retry later",
+                                headers={"Retry-After": "5"})
+        gens = generation.result()
+        for gen in gens:
+            if gen.error is None:
+                continue
+            if gen.error.startswith(_REQUEST_ERRORS):
+                raise HTTPException(422, f"cannot generate: {gen.error}")
+            log.warning("generation failed: %s", gen.error)
+            self._set_engines_ok(False)  # until the next health check says otherwise
+            raise self._unavailable("the engine failed and is being restarted; retry later")
+        return gens
 
-    def _example(self, item: Any, where: str) -> dict[str, Any]:
-        if not isinstance(item, dict):
-            raise HTTPException(422, f"{where}: expected an object with "
-                                     f"{', '.join(self.task.input_fields)}")
-        for name in self.task.input_fields:
-            if name not in item:
-                raise HTTPException(422, f"{where}: missing field {name!r}")
-            if not isinstance(item[name], str):
-                raise HTTPException(422, f"{where}: field {name!r} must be a string")
-            if len(item[name]) > self.limits.max_input_chars:
-                raise HTTPException(413, f"{where}: field {name!r} is longer than "
-                                         f"{self.limits.max_input_chars} characters")
-        return {self.task.id_field: str(item.get("id", "")), **item}
+    # -- endpoints -------------------------------------------------------------------------
+    async def healthz(self) -> JSONResponse:
+        if self.engines_ok:
+            return JSONResponse({"status": "ok"})
+        retry = str(max(1, math.ceil(self.limits.restart_retry_after_s)))
+        return JSONResponse({"status": "unavailable"}, status_code=503,
+                            headers={"Retry-After": retry})
 
-    # -- endpoints --------------------------------------------------------------------------
-    @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "task": self.task.name, "model": self.model,
-                "engines": self.pool.engines}
-
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> dict[str, Any]:
-        self._check_auth(request)
+    async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model, "object": "model",
                                             "owned_by": "promptsearch"}]}
 
-    @api.post("/v1/{task}")
+    async def _body(self, request: Request) -> Any:
+        return await read_json(request, max_bytes=self.limits.max_body_bytes,
+                               max_depth=self.limits.max_json_depth,
+                               timeout_s=self.limits.body_timeout_s)
+
+    def _check_length(self, text: str, where: str) -> None:
+        if len(text) > self.limits.max_input_chars:
+            raise HTTPException(413, f"{where} is longer than {self.limits.max_input_chars} "
+                                     "characters")
+
     async def task_endpoint(self, task: str, request: Request) -> dict[str, Any]:
         if task != self.task.name:
             raise HTTPException(404, f"this server serves task {self.task.name!r}, not {task!r}")
         body = await self._body(request)
         batch = isinstance(body, dict) and "inputs" in body
-        items = body["inputs"] if batch else [body]
-        if not isinstance(items, list) or not items:
-            raise HTTPException(422, "'inputs' must be a non-empty list of objects")
-        if len(items) > self.limits.max_batch:
-            raise HTTPException(413, f"batch of {len(items)} is larger than "
+        if batch and isinstance(body["inputs"], list) \
+                and len(body["inputs"]) > self.limits.max_batch:
+            raise HTTPException(413, f"batch of {len(body['inputs'])} is larger than "
                                      f"{self.limits.max_batch}")
-        examples = [self._example(item, f"inputs[{i}]" if batch else "body")
-                    for i, item in enumerate(items)]
+        items = validate(self.batch_model, body).inputs if batch \
+            else [validate(self.input_model, body)]
+        examples = []
+        for i, item in enumerate(items):
+            where = f"inputs[{i}]" if batch else "body"
+            for name in self.task.input_fields:
+                self._check_length(getattr(item, name), f"{where}: field {name!r}")
+            examples.append({**item.model_dump(exclude={"id"}),
+                             self.task.id_field: "" if item.id is None else str(item.id)})
         requests = render_requests(self.task, self.config, examples, self.fewshot)
-        gens = await self.pool.generate_async(requests, self.config.sampling)
-        results = []
-        for example, gen in zip(examples, gens, strict=True):
-            if not gen.ok:
-                raise HTTPException(422, f"cannot generate: {gen.error}")
-            results.append({"id": example[self.task.id_field] or None,
-                            "output": parse_output(gen.text, self.config.parse),
-                            "raw_output": gen.text, "prompt_tokens": gen.prompt_tokens,
-                            "output_tokens": gen.output_tokens,
-                            "finish_reason": gen.finish_reason})
+        gens = await self._generate(requests, self.config.sampling)
+        results = [{"id": example[self.task.id_field] or None,
+                    "output": self.task.read_answer(gen.text, self.config.parse, example),
+                    "raw_output": gen.text, "prompt_tokens": gen.prompt_tokens,
+                    "output_tokens": gen.output_tokens, "finish_reason": gen.finish_reason}
+                   for example, gen in zip(examples, gens, strict=True)]
         return {"results": results} if batch else results[0]
 
-    @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) \
-                or not body["messages"]:
-            raise HTTPException(422, "'messages' must be a non-empty list")
-        for i, message in enumerate(body["messages"]):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
-                raise HTTPException(422, f"messages[{i}] needs string 'role' and 'content'")
-            if len(message["content"]) > self.limits.max_input_chars:
-                raise HTTPException(413, f"messages[{i}] is longer than "
-                                         f"{self.limits.max_input_chars} characters")
+        body = validate(ChatRequest, await self._body(request))
+        for i, message in enumerate(body.messages):
+            self._check_length(message.content, f"messages[{i}]")
         if not self.pool.has_chat_template:
             raise HTTPException(400, f"model {self.model} has no chat template; use "
                                      f"/v1/{self.task.name}")
-        sampling = self._sampling(body)
-        gen = (await self.pool.generate_async([body["messages"]], sampling))[0]
-        if not gen.ok:
-            raise HTTPException(422, f"cannot generate: {gen.error}")
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        gen = (await self._generate([messages], self._sampling(body)))[0]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": self.model,
                 "choices": [{"index": 0, "finish_reason": gen.finish_reason,
@@ -171,25 +319,30 @@ class PromptService:
                           "completion_tokens": gen.output_tokens,
                           "total_tokens": gen.prompt_tokens + gen.output_tokens}}
 
-    def _sampling(self, body: dict[str, Any]) -> Sampling:
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 64
-        if not isinstance(max_tokens, int) or max_tokens > self.limits.max_tokens:
-            raise HTTPException(422, f"max_tokens must be an integer <= "
-                                     f"{self.limits.max_tokens}, got {max_tokens!r}")
-        stop = body.get("stop") or ()
+    def _sampling(self, body: ChatRequest) -> Sampling:
+        limit = self.limits.max_tokens
+        max_tokens = body.max_tokens or body.max_completion_tokens or min(64, limit)
+        if max_tokens > limit:
+            raise HTTPException(422, f"body: field 'max_tokens' must be <= {limit} (the "
+                                     f"server's --max-tokens), got {max_tokens}")
+        stop = body.stop or ()
         try:
-            return Sampling(temperature=float(body.get("temperature", 0.0)),
-                            top_p=float(body.get("top_p", 1.0)), max_tokens=max_tokens,
+            return Sampling(temperature=body.temperature, top_p=body.top_p,
+                            max_tokens=max_tokens,
                             stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                            seed=body.get("seed"))
+                            seed=body.seed)
         except (ValueError, TypeError, UserError) as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, f"body: {exc}") from None
 
 
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": {"message": exc.detail, "code": exc.status_code}},
-                        status_code=exc.status_code)
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request to %s failed", request.url.path)
+    return _error(500, "internal error; see the server's log")
 
 
 def build_app(run_dir: str | Path, pool: EnginePool, *, limits: ServeLimits | None = None,
@@ -204,5 +357,5 @@ def build_app(run_dir: str | Path, pool: EnginePool, *, limits: ServeLimits | No
         name="PromptService", num_replicas=replicas, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
         backpressure_config=BackpressureConfig(retry_after_s=retry_after_s),
-    )(serve.ingress(api)(PromptService))
+    )(serve.ingress()(PromptService))
     return deployment.bind(str(Path(run_dir).resolve()), pool, limits or ServeLimits())

@@ -1,12 +1,15 @@
 """`promptsearch serve` on a finished run: real Ray Serve over real HTTP.
 
 The run is made in-process; each server is a process of its own (its own Ray instance and
-engine), stopped with Ctrl-C as a user would."""
+engine), stopped with Ctrl-C as a user would. The checks of the command line that refuse to
+serve come first and start no engine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,15 +19,38 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from tests.conftest import REPO, engine_core_pids, run_cli
 
-pytestmark = pytest.mark.engine
-
 TOKEN = "test-token"
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (("--auth-token", ""), {}, "is empty"),
+    (("--auth-token", "   "), {}, "is empty"),
+    ((), {"PROMPTSEARCH_AUTH_TOKEN": ""}, "is empty"),
+    (("--host", "0.0.0.0"), {}, "other machines can reach"),
+    (("--host", "::"), {}, "other machines can reach"),
+    (("--no-auth", "--auth-token", "t"), {}, "contradicts"),
+    (("--auth-token", "two words"), {}, "without spaces"),
+])
+def test_serve_refuses_to_run_open_by_accident(tmp_path: Path, args: tuple[str, ...],
+                                               env: dict[str, str], message: str) -> None:
+    """Before any run file is read or engine started: an empty token is not "auth off", and
+    a host other machines can reach needs a token or an explicit --no-auth."""
+    result = run_cli("serve", str(tmp_path / "no-run"), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_no_auth_on_a_public_host_is_a_decision_the_user_may_make(tmp_path: Path) -> None:
+    result = run_cli("serve", str(tmp_path / "no-run"), "--host", "0.0.0.0", "--no-auth")
+    assert result.returncode == 2
+    assert "no run.yaml" in result.stderr, result.stderr  # past the auth checks
 
 
 def _free_port() -> int:
@@ -78,10 +104,25 @@ def server(finished_run: Path) -> Iterator[Server]:
 
 
 def _post(server: Server, path: str, body: object, token: str | None = TOKEN,
-          raw: bytes | None = None) -> requests.Response:
+          raw: bytes | None = None, method: str = "POST") -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = raw if raw is not None else json.dumps(body, ensure_ascii=False).encode()
-    return requests.post(server.url + path, data=data, headers=headers, timeout=300)
+    return requests.request(method, server.url + path, data=data if method == "POST" else None,
+                            headers=headers, timeout=300)
+
+
+def _engine_core(server: Server) -> psutil.Process:
+    """The vLLM engine process of the server's one engine (inside its engine actor)."""
+    cores = []
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "EngineCore" in " ".join(proc.cmdline()):
+                cores.append(proc)
+    assert len(cores) == 1, cores
+    return cores[0]
+
+
+_INTERNALS = re.compile(r"\d+\.\d+\.\d+\.\d+|pid=|Ray|Actor|Traceback|File \"")
 
 
 def _test_rows(run_dir: Path) -> list[dict]:
@@ -89,6 +130,7 @@ def _test_rows(run_dir: Path) -> list[dict]:
             (run_dir / "predictions/test.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.engine
 def test_single_and_batch_answers_equal_the_runs_test_outputs(server: Server,
                                                               finished_run: Path) -> None:
     rows = _test_rows(finished_run)
@@ -103,6 +145,7 @@ def test_single_and_batch_answers_equal_the_runs_test_outputs(server: Server,
     assert [r["id"] for r in batch.json()["results"]] == [r["id"] for r in rows]
 
 
+@pytest.mark.engine
 def test_fifty_concurrent_requests_all_answered(server: Server, finished_run: Path) -> None:
     rows = _test_rows(finished_run)
     bodies = [{"context": rows[i % len(rows)]["context"],
@@ -119,6 +162,7 @@ def test_fifty_concurrent_requests_all_answered(server: Server, finished_run: Pa
                for a in answers)
 
 
+@pytest.mark.engine
 def test_openai_client_chat_completions_and_models(server: Server) -> None:
     from openai import OpenAI
 
@@ -131,6 +175,7 @@ def test_openai_client_chat_completions_and_models(server: Server) -> None:
     assert 0 < reply.usage.completion_tokens <= 16
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("path", "body", "raw", "token", "status", "message"), [
     ("/v1/qa", {"context": "c"}, None, TOKEN, 422, "missing field 'question'"),
     ("/v1/qa", {"context": "c", "question": 3}, None, TOKEN, 422, "must be a string"),
@@ -147,6 +192,25 @@ def test_openai_client_chat_completions_and_models(server: Server) -> None:
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                               "max_tokens": 100000}, None, TOKEN, 422, "max_tokens"),
     ("/v1/chat/completions", {"messages": "hi"}, None, TOKEN, 422, "'messages'"),
+    # issue 12 section 6: bodies are models that refuse what they do not define
+    ("/v1/qa", {"context": "c", "question": "q", "temperature": 2}, None, TOKEN, 422,
+     "unknown field 'temperature'"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "max_tokens": 0}, None, TOKEN, 422, "'max_tokens'"),
+    ("/v1/chat/completions", None, b'{"messages": [{"role": "user", "content": "hi"}], '
+                                   b'"temperature": NaN}', TOKEN, 400, "NaN"),
+    ("/v1/chat/completions", None, b'{"messages": [{"role": "user", "content": "hi"}], '
+                                   b'"top_p": 1e999}', TOKEN, 422, "finite"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True},
+     None, TOKEN, 422, "'stream'"),
+    # nesting that json.loads accepts but a recursive walk does not, and nesting it refuses
+    ("/v1/qa", None, b"[" * 400 + b"]" * 400, TOKEN, 400, "nested deeper"),
+    ("/v1/qa", None, b"[" * 20000 + b"]" * 20000, TOKEN, 400, "nested deeper"),
+    # auth first: no route, task name or API description for a caller without the token
+    ("/v1/summary", {"text": "t"}, None, None, 401, "bearer token"),
+    ("/nowhere", {}, None, None, 401, "bearer token"),
+    ("/v1/qa", {"context": "c", "question": "q"}, None, TOKEN + "x", 401, "bearer token"),
+    ("/v1/qa", {"context": "c", "question": "q"}, None, TOKEN[:-1] + "X", 401, "bearer token"),
 ])
 def test_bad_requests_get_clear_4xx(server: Server, path: str, body: object,
                                     raw: bytes | None, token: str | None, status: int,
@@ -156,15 +220,72 @@ def test_bad_requests_get_clear_4xx(server: Server, path: str, body: object,
     assert message in response.json()["error"]["message"]
 
 
+@pytest.mark.engine
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/v1/models"])
+def test_nothing_but_health_without_the_token(server: Server, path: str) -> None:
+    assert _post(server, path, None, token=None, method="GET").status_code == 401
+    assert _post(server, path, None, method="GET").status_code == \
+        (200 if path == "/v1/models" else 404)
+    health = requests.get(server.url + "/healthz", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+@pytest.mark.engine
+def test_a_chunked_body_is_cut_at_the_limit(server: Server) -> None:
+    """No Content-Length, 300 kB sent and the body never finished: the answer is 413 as soon
+    as the limit is passed, not a wait for a body that may never end."""
+    chunk = b"x" * 10_000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as conn:
+        conn.sendall(b"POST /v1/qa HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+        for _ in range(30):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status_line = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"413", status_line
+
+
+@pytest.mark.engine
 def test_prompt_injection_in_a_field_is_data(server: Server) -> None:
     response = _post(server, "/v1/qa", {"context": "{{ ''.__class__.__mro__ }}{% raw %}",
                                         "question": "{{ 7*7 }}"})
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.engine
+def test_a_dead_engine_is_restarted_and_answers_503_meanwhile(server: Server,
+                                                              finished_run: Path) -> None:
+    """The vLLM engine process dies inside a live engine actor: requests get a 503 with
+    Retry-After (no Ray internals), /healthz says so, and the engine comes back by itself."""
+    row = _test_rows(finished_run)[0]
+    body = {"context": row["context"], "question": row["question"]}
+    core = _engine_core(server)
+    core.kill()
+    core.wait(30)
+    deadline = time.monotonic() + 60
+    while (answer := _post(server, "/v1/qa", body)).status_code == 200:
+        assert time.monotonic() < deadline, "the dead engine was never noticed"
+        time.sleep(0.5)
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["Retry-After"]) >= 1
+    message = answer.json()["error"]["message"]
+    assert "restart" in message and not _INTERNALS.search(message), message
+    health = requests.get(server.url + "/healthz", timeout=10)
+    assert health.status_code == 503 and health.json() == {"status": "unavailable"}
+    deadline = time.monotonic() + 400
+    while requests.get(server.url + "/healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the engine did not come back"
+        time.sleep(2)
+    assert _engine_core(server).pid != core.pid
+    answer = _post(server, "/v1/qa", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"] == row["output"]
+
+
 # Ray Serve admits max_ongoing + max_queued requests at once; with at most max_queued clients
 # the queue can never be full, so no request may be turned away.
 ONGOING, QUEUED = 1, 4
+ENGINE_TIMEOUT = 15  # seconds; one request at a time takes one or two
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +297,14 @@ def small_server(finished_run: Path, server: Server) -> Iterator[Server]:
     server.stop()
     before = engine_core_pids()
     srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
-                 "--max-queued-requests", str(QUEUED), "--retry-after", "1.5")
+                 "--max-queued-requests", str(QUEUED), "--retry-after", "1.5",
+                 "--engine-timeout", str(ENGINE_TIMEOUT))
     srv.engines_before = before
     yield srv
     srv.stop()
 
 
+@pytest.mark.engine
 def test_load_ramp_below_capacity_answers_everything(small_server: Server,
                                                      finished_run: Path) -> None:
     _, bodies = task_bodies(finished_run)
@@ -191,6 +314,7 @@ def test_load_ramp_below_capacity_answers_everything(small_server: Server,
         assert step.statuses == {"200": step.ok}, step
 
 
+@pytest.mark.engine
 def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Server,
                                                                finished_run: Path) -> None:
     _, bodies = task_bodies(finished_run)
@@ -204,6 +328,25 @@ def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Ser
     assert answer.status_code == 200 and isinstance(answer.json()["output"], str), answer.text
 
 
+@pytest.mark.engine
+def test_an_engine_that_does_not_answer_times_out_with_504(small_server: Server,
+                                                           finished_run: Path) -> None:
+    _, bodies = task_bodies(finished_run)
+    core = _engine_core(small_server)
+    core.suspend()  # alive but silent: the health check still passes, the request cannot
+    try:
+        start = time.monotonic()
+        answer = _post(small_server, "/v1/qa", bodies[0], token=None)
+        waited = time.monotonic() - start
+    finally:
+        core.resume()
+    assert answer.status_code == 504, answer.text
+    assert "did not answer within" in answer.json()["error"]["message"]
+    assert ENGINE_TIMEOUT <= waited < ENGINE_TIMEOUT + 30
+    assert _post(small_server, "/v1/qa", bodies[0], token=None).status_code == 200
+
+
+@pytest.mark.engine
 def test_auth_off_and_shutdown_leaves_nothing_running(small_server: Server) -> None:
     """Runs last (it stops the server): the small server has no --auth-token."""
     assert engine_core_pids() - small_server.engines_before  # the server's own engine
