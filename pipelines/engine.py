@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from promptsearch.pipelines import telemetry
+from promptsearch.pipelines.models import resolve_on_node
 from promptsearch.pipelines.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,9 @@ class EngineConfig:
     """Everything needed to start one engine; identical for every engine of a pool."""
 
     model: str
-    """Local model directory or hub id (already resolved by ``resolve_model``)."""
+    """The model as the driver names it to every node (``portable_model``): an embedded
+    model's name, a local directory's absolute path or a hub id. Each engine resolves it on
+    its own node (``resolve_on_node``), so no node depends on the driver's disk."""
     device: str = "cpu"
     """``cpu`` or ``gpu``."""
     max_model_len: int = 4096
@@ -161,6 +165,10 @@ def _claim_cores(n: int) -> tuple[list[int], IO[str] | None]:
     return available[start:start + n], None
 
 
+class EngineDied(RuntimeError):
+    """The vLLM engine process inside an ``EngineActor`` died; the actor is restarting."""
+
+
 class EngineActor:
     """Ray actor body (wrapped with ``ray.remote`` by ``EnginePool``).
 
@@ -185,7 +193,11 @@ class EngineActor:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         if config.invariant:
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
+        self.model_path = resolve_on_node(config.model, config.model_id)
         self.engine = self._start_engine()
+        self._stopping = False
+        threading.Thread(target=self._exit_when_engine_dies, name="engine-watchdog",
+                         daemon=True).start()
 
     def __repr__(self) -> str:
         return self.name  # Ray's log prefix and the dashboard's "repr" column
@@ -197,7 +209,7 @@ class EngineActor:
         cfg = self.config
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else cfg.device == "cpu"
         args = AsyncEngineArgs(
-            model=cfg.model,
+            model=self.model_path,
             dtype=cfg.dtype,
             max_model_len=cfg.max_model_len,
             tensor_parallel_size=cfg.tensor_parallel_size,
@@ -213,8 +225,8 @@ class EngineActor:
         return AsyncLLM.from_engine_args(args, stat_loggers=_vllm_stat_loggers())
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(),
-                "cores": self.cores, "requests": self.requests}
+        return {"name": self.name, "pid": os.getpid(), "cores": self.cores,
+                "requests": self.requests, "model_path": self.model_path}
 
     def stats(self, reset: bool = False) -> EngineStats:
         """Counters since the start (or the last reset): how full the engine was kept."""
@@ -229,11 +241,32 @@ class EngineActor:
         return self._depth["waiting"] + self._depth["running"]
 
     async def generate(self, batch: list[tuple[list[int], Sampling]]) -> list[Generation]:
-        """Generate every (token ids, sampling) pair concurrently; errors stay per row."""
+        """Generate every (token ids, sampling) pair concurrently; errors stay per row, except
+        a dead vLLM engine process, which fails the whole call (``EngineDied``)."""
         self.requests += len(batch)
         gens = list(await asyncio.gather(*(self._one(ids, s) for ids, s in batch)))
+        if self.engine.errored:
+            raise EngineDied(f"{self.name}: the vLLM engine process died; the engine restarts")
         self._record(gens)
         return gens
+
+    def healthy(self) -> bool:
+        """False once the vLLM engine process has died (this actor then exits, to be
+        restarted by Ray with a fresh engine)."""
+        return not self.engine.errored
+
+    def _exit_when_engine_dies(self) -> None:
+        """Watchdog thread: vLLM notices at once when its engine process dies, but never
+        starts a new one, so this actor would answer errors for ever. Exit instead, after a
+        moment for the calls in flight to fail cleanly: Ray restarts the actor (its
+        ``max_restarts``), which loads the model again."""
+        while not self._stopping:
+            if self.engine.errored:
+                log.error("%s: the vLLM engine process died; restarting this engine", self.name)
+                time.sleep(1.0)
+                if not self._stopping:
+                    os._exit(1)
+            time.sleep(0.5)
 
     async def _one(self, ids: list[int], sampling: Sampling) -> Generation:
         start = time.perf_counter()
@@ -283,6 +316,7 @@ class EngineActor:
             telemetry.REQUEST_SECONDS.observe(g.seconds, **self._tags)
 
     def shutdown(self) -> None:
+        self._stopping = True
         with contextlib.suppress(Exception):
             self.engine.shutdown()
         if self._core_lock is not None:

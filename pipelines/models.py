@@ -2,7 +2,9 @@
 
 Each is checked against its SHA-256, converted once to a Hugging Face safetensors (bf16)
 directory in the cache, and from then on loaded by vLLM like any local model. ``resolve_model``
-turns whatever the user passed to ``--model`` into a directory or hub id vLLM can load.
+turns whatever the user passed to ``--model`` into a directory or hub id vLLM can load, on the
+node it runs on: the driver sends engines ``portable_model`` and each engine resolves it on its
+own node with ``resolve_on_node``.
 
 The packages are data only to us: their files are located through their installed metadata
 (``importlib.metadata``), never by importing them, so none of their code runs, and the GGUF
@@ -180,10 +182,25 @@ def _remove_stale_partials(target: Path) -> None:
 
 
 def prepare_model(name: str, *, force: bool = False) -> Path:
-    """Convert an embedded model to a safetensors directory once; return that directory."""
+    """Convert an embedded model to a safetensors directory once; return that directory.
+
+    Under a lock in the cache: the engines of one node may prepare it at the same time, and
+    one must not replace the directory another is loading."""
+    import fcntl
+
     model = EMBEDDED_MODELS[name]
     if model.is_prepared() and not force:
         return model.path
+    model.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(model.path.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if model.is_prepared() and not force:  # prepared meanwhile by another process
+            return model.path
+        return _prepare_locked(model)
+
+
+def _prepare_locked(model: EmbeddedModel) -> Path:
+    name = model.name
     gguf_path, expected = model.gguf(), model.sha256
     actual = _sha256(gguf_path)
     if actual != expected:
@@ -262,6 +279,48 @@ def resolve_model(model: str) -> str:
                         "download the model elsewhere (huggingface-cli download "
                         f"{model} --local-dir DIR), copy DIR here and pass --model DIR")
     return model
+
+
+def portable_model(model: str, resolved: str) -> str:
+    """How the driver names ``--model`` to engines on any node: an embedded model by its name
+    (each node prepares its own copy), a local directory by its absolute path (which must
+    hold the same files on every node), a hub id as it is (each node's Hugging Face cache
+    and offline settings apply)."""
+    return model if model in EMBEDDED_MODELS else resolved
+
+
+def resolve_on_node(model: str, fingerprint: str) -> str:
+    """Resolve ``model`` (as ``portable_model`` names it) on the node running this code, and
+    refuse it unless its fingerprint is the driver's: an engine must never generate with
+    other weights than the ones the cache keys and the run record name."""
+    node = _node_name()
+    if model not in EMBEDDED_MODELS and model.startswith("/") and not Path(model).is_dir():
+        raise UserError(f"model directory {model} does not exist on node {node}: a local model "
+                        "directory must be at the same path on every node that runs an engine; "
+                        "copy it there, or use an embedded model (each node prepares its own)")
+    try:
+        resolved = resolve_model(model)
+        actual = model_fingerprint(model, resolved)
+    except UserError as exc:
+        raise UserError(f"on node {node}: {exc}") from None
+    if fingerprint and actual != fingerprint:
+        raise UserError(f"model {model} on node {node} is {actual} but the driver's is "
+                        f"{fingerprint}; give every node the same model files (same package "
+                        "versions, same directory content)")
+    return resolved
+
+
+def _node_name() -> str:
+    import socket
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    except ImportError:
+        pass
+    return socket.gethostname()
 
 
 def model_fingerprint(model: str, resolved: str, *, revision: str | None = None) -> str:

@@ -16,7 +16,14 @@ from typing import Any
 from promptsearch.pipelines.cache import generation_key
 from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
 from promptsearch.pipelines.errors import UserError, last_line
-from promptsearch.pipelines.models import DEFAULT_MODEL, cache_dir, model_fingerprint, resolve_model
+from promptsearch.pipelines.models import (
+    DEFAULT_MODEL,
+    cache_dir,
+    model_fingerprint,
+    portable_model,
+    resolve_model,
+    resolve_on_node,
+)
 from promptsearch.pipelines.sampling import Sampling
 from promptsearch.pipelines.telemetry import actor_name
 
@@ -32,6 +39,37 @@ Progress = Callable[[int, int], None]
 
 class EngineStartError(UserError):
     """An engine could not start (bad model, out of memory): the run stops early and says why."""
+
+
+ENGINE_RESOURCES_ENV = "PROMPTSEARCH_ENGINE_RESOURCES"
+"""Custom Ray resources each engine asks for, as JSON (``{"worker_node": 1}``): places the
+engines on the nodes started with that resource (``ray start --resources``)."""
+
+
+def engine_resources_from_env() -> dict[str, float]:
+    """``PROMPTSEARCH_ENGINE_RESOURCES``, checked: a JSON object of positive amounts."""
+    import json
+    import math
+    import os
+
+    text = os.environ.get(ENGINE_RESOURCES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not (isinstance(value, dict) and value and all(
+            isinstance(k, str) and k and isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0 for k, v in value.items())):
+        raise UserError(f"{ENGINE_RESOURCES_ENV}: expected a JSON object of custom Ray resources "
+                        f"per engine with positive amounts, such as '{{\"worker_node\": 1}}', "
+                        f"got {text[:100]!r}")
+    reserved = sorted(set(value) & {"CPU", "GPU", "memory", "object_store_memory"})
+    if reserved:
+        raise UserError(f"{ENGINE_RESOURCES_ENV}: {', '.join(reserved)} are set by --engines, "
+                        "--cpus-per-engine and --tensor-parallel-size; name custom resources only")
+    return {k: float(v) for k, v in value.items()}
 
 
 @dataclass
@@ -72,23 +110,26 @@ class EnginePool:
         chunk_tokens: int = 8192,
         chunks_in_flight: int = 4,
         cache: bool | str | Path = False,
+        resources: dict[str, float] | None = None,
     ) -> None:
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError("EnginePool needs Ray: call ray.init() in the entry point first")
-        resources = ray.cluster_resources()
+        cluster = ray.cluster_resources()
         if device == "auto":
-            device = "gpu" if resources.get("GPU", 0) > 0 else "cpu"
+            device = "gpu" if cluster.get("GPU", 0) > 0 else "cpu"
         if engines is None:  # as many as the cluster holds
             per_engine = cpus_per_engine if device == "cpu" else tensor_parallel_size
-            engines = max(1, int(resources.get(device.upper(), 1) // per_engine))
+            engines = max(1, int(cluster.get(device.upper(), 1) // per_engine))
         if engines < 1:
             raise UserError(f"--engines must be >= 1, got {engines}")
         self.model_name = model
         resolved = resolve_model(model)
+        self._local_model = resolved  # the driver's copy, for its tokenizer
+        self.resources = engine_resources_from_env() if resources is None else dict(resources)
         self.config = EngineConfig(
-            model=resolved, model_id=model_fingerprint(model, resolved),
+            model=portable_model(model, resolved), model_id=model_fingerprint(model, resolved),
             model_name=_short_name(model), device=device,
             max_model_len=max_model_len,
             dtype=dtype, tensor_parallel_size=tensor_parallel_size,
@@ -99,9 +140,9 @@ class EnginePool:
         self._tokenizer: Any = None
         self._placement_groups: list[Any] = []
         self._actors: list[Any] = []
-        self._cache: Any = _start_cache(cache)
         self._owns_engines = True
         self._check_resources(engines)
+        self._cache: Any = _start_cache(cache)
         try:
             for i in range(engines):
                 self._actors.append(self._create_actor(i))
@@ -126,6 +167,13 @@ class EnginePool:
         if need > have:
             raise EngineStartError(f"--engines {engines} needs {need:g} {what} but the Ray "
                                    f"cluster has {have:g}; lower --engines or add nodes")
+        for resource, amount in self.resources.items():
+            need, have = engines * amount, total.get(resource, 0)
+            if need > have:
+                raise EngineStartError(
+                    f"--engines {engines} needs {need:g} of the resource {resource!r} "
+                    f"({ENGINE_RESOURCES_ENV}) but the Ray cluster has {have:g}; start nodes "
+                    f"with ray start --resources '{{\"{resource}\": ...}}' or lower --engines")
 
     def _create_actor(self, index: int) -> Any:
         import ray
@@ -139,8 +187,12 @@ class EnginePool:
             options["num_cpus"] = cfg.cpus_per_engine
         elif cfg.tensor_parallel_size == 1:
             options["num_gpus"] = 1
+        if cfg.device == "cpu" or cfg.tensor_parallel_size == 1:
+            if self.resources:
+                options["resources"] = dict(self.resources)
         else:
-            pg = placement_group([{"GPU": 1, "CPU": 1}] * cfg.tensor_parallel_size,
+            share = {k: v / cfg.tensor_parallel_size for k, v in self.resources.items()}
+            pg = placement_group([{"GPU": 1, "CPU": 1, **share}] * cfg.tensor_parallel_size,
                                  strategy="STRICT_PACK", name=f"promptsearch-engine-{index}")
             self._placement_groups.append(pg)
             options["num_cpus"] = 0
@@ -163,8 +215,16 @@ class EnginePool:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = _load_tokenizer(self.config.model)
+            self._tokenizer = _load_tokenizer(self._tokenizer_source())
         return self._tokenizer
+
+    def _tokenizer_source(self) -> str:
+        """The driver's copy of the model where this process can see it (the driver, trials
+        pinned to its node), else this node's own (a serve replica on another node)."""
+        local = getattr(self, "_local_model", self.config.model)
+        if local == self.config.model or Path(local).is_dir():
+            return local
+        return resolve_on_node(self.config.model, self.config.model_id)
 
     @property
     def has_chat_template(self) -> bool:
@@ -191,6 +251,20 @@ class EnginePool:
         import ray
 
         return ray.get([a.info.remote() for a in self._actors])
+
+    async def health_async(self, *, timeout: float) -> list[bool]:
+        """Whether each engine is up: its actor answers within ``timeout`` and its vLLM
+        engine process is alive. An engine being restarted (after its vLLM process died, see
+        ``EngineActor.healthy``) is down until its model is loaded again."""
+
+        async def up(actor: Any) -> bool:
+            try:
+                return bool(await asyncio.wait_for(
+                    actor.healthy.options(max_task_retries=0).remote(), timeout))
+            except Exception:  # timed out, restarting, or dead for good
+                return False
+
+        return list(await asyncio.gather(*(up(a) for a in self._actors)))
 
     # -- generation -----------------------------------------------------------------------
     def tokenize(self, request: Request) -> list[int]:
@@ -427,7 +501,9 @@ def _start_error_message(model: str, exc: BaseException) -> str:
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
         return (f"engine for model {model} failed to start: the node ran out of memory (Ray's "
                 f"memory monitor killed it); start fewer engines (--engines) or stop other jobs")
-    return f"engine for model {model} failed to start: {last_line(exc)}"
+    # a UserError raised on the engine's node (its model there) is the message itself
+    return f"engine for model {model} failed to start: " \
+           f"{last_line(exc).removeprefix('UserError: ')}"
 
 
 __all__ = ["EnginePool", "EngineStartError", "Generation", "Request"]
