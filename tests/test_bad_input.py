@@ -380,7 +380,8 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 @pytest.mark.parametrize("previous", ["not a run", "a run"])
 def test_force_proceeds_past_the_out_check(tmp_path: Path, previous: str) -> None:
     """--force gets past the --out check (stopped here by a later check that needs Ray but
-    no engine); it deletes a previous run there but never files that are not a run's."""
+    no engine); it deletes a previous run's files there but never files that are not a run's
+    (tests/test_data_safety.py checks which)."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine", encoding="utf-8")
@@ -396,7 +397,7 @@ def test_force_proceeds_past_the_out_check(tmp_path: Path, previous: str) -> Non
     assert "Traceback" not in result.stderr
     assert yaml.safe_load((out / "run.yaml").read_text())["max_validation"] == 2  # this run's
     assert not (out / "summary.json").exists()
-    assert (out / "notes.txt").exists() == (previous == "not a run")
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 @pytest.mark.engine

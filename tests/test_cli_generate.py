@@ -145,8 +145,14 @@ def test_greedy_outputs_are_identical_across_runs(pool, tmp_path: Path) -> None:
 
     pq.write_table(pa.table({"id": list(range(len(PROMPTS))), "text": PROMPTS}),
                    tmp_path / "in.parquet")
+    from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+
+    cache = tmp_path / "cache"  # empty: the outputs must come from that run's own engine
+    cache.mkdir()
+    (cache / "models").symlink_to(cache_dir() / "models")
     result = run_cli_subprocess("generate", str(tmp_path / "in.parquet"), "--prompt-column",
-                                "text", "--max-tokens", "16", "--out", str(tmp_path / "out"))
+                                "text", "--max-tokens", "16", "--out", str(tmp_path / "out"),
+                                env={CACHE_ENV: str(cache)})
     assert result.returncode == 0, result.stderr
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert [r["id"] for r in rows] == list(range(len(PROMPTS)))
