@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from promptsearch.pipelines.config import PromptConfig
 from promptsearch.pipelines.engine import Generation
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.parsing import parse_output
 from promptsearch.pipelines.pool import EnginePool, Progress
 from promptsearch.pipelines.prompts import render_requests
 from promptsearch.pipelines.tasks import Task
 
+if TYPE_CHECKING:
+    from promptsearch.pipelines.judge import Judge, JudgeCost
+
 Example = Mapping[str, Any]
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,6 +34,8 @@ class EvalResult:
     prompt_tokens: int
     output_tokens: int
     seconds: float
+    judge: JudgeCost | None = None
+    """What grading this call's rows cost (a judged task; on the first result of a call)."""
 
 
 def has_references(task: Task, examples: Sequence[Example]) -> bool:
@@ -52,28 +59,78 @@ class EvalJob:
 
 def evaluate(task: Task, config: PromptConfig, examples: Sequence[Example], *,
              pool: EnginePool, fewshot: Sequence[Example],
-             progress: Progress | None = None) -> EvalResult:
+             progress: Progress | None = None, judge: Judge | None = None) -> EvalResult:
     return evaluate_many(task, [EvalJob(config, examples)], pool=pool, fewshot=fewshot,
-                         progress=progress)[0]
+                         progress=progress, judge=judge)[0]
 
 
 def evaluate_many(task: Task, jobs: Sequence[EvalJob], *, pool: EnginePool,
                   fewshot: Sequence[Example], progress: Progress | None = None,
-                  ) -> list[EvalResult]:
+                  judge: Judge | None = None) -> list[EvalResult]:
     """Several configurations in one call to the pool, so the engines batch them together
-    (the final run: best on validation and test, baseline on test)."""
+    (the final run: best on validation and test, baseline on test). A judged task's rows
+    are then graded by ``judge``, all in one batch."""
     start = time.perf_counter()
     requests, samplings = _render(task, jobs, fewshot)
     gens = pool.generate(requests, samplings, progress=progress)
-    return _results(task, jobs, gens, time.perf_counter() - start)
+    jobs, cost = run_sync(_grade(task, jobs, gens, judge))
+    return _results(task, jobs, gens, time.perf_counter() - start, cost)
 
 
 async def evaluate_many_async(task: Task, jobs: Sequence[EvalJob], *, pool: EnginePool,
-                              fewshot: Sequence[Example]) -> list[EvalResult]:
+                              fewshot: Sequence[Example],
+                              judge: Judge | None = None) -> list[EvalResult]:
     start = time.perf_counter()
     requests, samplings = _render(task, jobs, fewshot)
     gens = await pool.generate_async(requests, samplings)
-    return _results(task, jobs, gens, time.perf_counter() - start)
+    jobs, cost = await _grade(task, jobs, gens, judge)
+    return _results(task, jobs, gens, time.perf_counter() - start, cost)
+
+
+def is_judged(task: Task) -> bool:
+    """The task's metric is a judge model's grade (``open``)."""
+    return bool(getattr(task.module, "JUDGED", False))
+
+
+async def _grade(task: Task, jobs: Sequence[EvalJob], gens: Sequence[Generation],
+                 judge: Judge | None) -> tuple[Sequence[EvalJob], JudgeCost | None]:
+    """For a judged task: every generated answer of every job graded in one batch; each
+    example gets its ``Grade`` under ``judge``, which the task's metric reads."""
+    if not is_judged(task):
+        return jobs, None
+    from promptsearch.pipelines.judge import GradeItem, grade_answers
+
+    places, items, start = [], [], 0
+    for j, job in enumerate(jobs):
+        for i, example in enumerate(job.examples):
+            gen = gens[start + i]
+            if gen.ok and has_references(task, [example]):
+                places.append((j, i))
+                items.append(GradeItem(
+                    question=str(example["input"]), reference=str(example["reference"]),
+                    eval_aspect=str(example.get("eval_aspect") or ""),
+                    answer=task.read_answer(gen.text, job.config.parse, example)))
+        start += len(job.examples)
+    if not items:
+        return jobs, None
+    if judge is None:
+        raise UserError(f"task {task.name} is scored by a judge model: pass --judge NAME|DIR, "
+                        "or --judge-url URL --judge-model NAME")
+    grades, cost = await grade_answers(judge, items)
+    graded = [[dict(e) for e in job.examples] for job in jobs]
+    for (j, i), grade in zip(places, grades, strict=True):
+        graded[j][i]["judge"] = grade
+    return [EvalJob(job.config, rows) for job, rows in zip(jobs, graded, strict=True)], cost
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, inside a running loop or not."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()
 
 
 def _render(task: Task, jobs: Sequence[EvalJob],
@@ -87,19 +144,22 @@ def _render(task: Task, jobs: Sequence[EvalJob],
 
 
 def _results(task: Task, jobs: Sequence[EvalJob], gens: Sequence[Generation],
-             seconds: float) -> list[EvalResult]:
+             seconds: float, judge_cost: JudgeCost | None = None) -> list[EvalResult]:
     results, start = [], 0
     for job in jobs:
         part = gens[start:start + len(job.examples)]
         start += len(job.examples)
         results.append(_result(task, job.config, job.examples, part, seconds))
+    if results and judge_cost is not None:
+        results[0].judge = judge_cost
     return results
 
 
 def _result(task: Task, config: PromptConfig, examples: Sequence[Example],
             gens: Sequence[Generation], seconds: float) -> EvalResult:
     _raise_on_failed_rows(task, examples, gens)
-    outputs = [parse_output(g.text, config.parse) for g in gens]
+    outputs = [task.read_answer(g.text, config.parse, example)
+               for g, example in zip(gens, examples, strict=True)]
     rows = []
     for example, gen, output in zip(examples, gens, outputs, strict=True):
         rows.append({"id": task.example_id(example),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.tasks import TASK_NAMES
@@ -97,18 +100,29 @@ def models(prepare: tuple[str, ...], force: bool) -> None:
               help="Stop sequence, any text (repeatable); only the escapes \\n (newline), \\t "
                    "(tab) and \\\\ (backslash) are decoded, other backslashes are kept.")
 @click.option("--seed", type=int, help="Sampling seed (per request).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files (never an input file).")
 @engine_options
 @click.pass_context
 def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_column: str | None,
              template: str | None, template_file: Path | None, messages_column: str | None,
              chat: bool, max_tokens: int, temperature: float, top_p: float,
              repetition_penalty: float, stop: tuple[str, ...], seed: int | None,
-             **engine: Any) -> None:
-    """Batch inference over a JSONL, Parquet or CSV file."""
+             overwrite: bool, **engine: Any) -> None:
+    """Batch inference over a JSONL, Parquet or CSV file.
+
+    Finished generations go to the generation cache as they come (greedy, or sampled with
+    --seed), so after a Ctrl-C or a failure the same command continues where it stopped.
+    """
     from promptsearch.pipelines.batch import build_requests, output_rows
     from promptsearch.pipelines.readers import read_records, read_utf8
     from promptsearch.pipelines.sampling import Sampling, decode_stop
-    from promptsearch.pipelines.writers import write_table
+    from promptsearch.pipelines.writers import (
+        input_files,
+        refuse_overwrite,
+        table_paths,
+        write_table,
+    )
     from promptsearch.search.progress import ProgressLine
 
     if template_file is not None:
@@ -117,22 +131,42 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
                         repetition_penalty=repetition_penalty, seed=seed,
                         stop=tuple(decode_stop(s) for s in stop))
     records = read_records(input_path)
+    stem = out or input_path.with_name(f"{input_path.stem}.generated")
+    refuse_overwrite(table_paths(stem), inputs=input_files(input_path, template_file),
+                     option="--out", overwrite=overwrite)
     if prompt_column is None and template is None and messages_column is None:
         prompt_column = "prompt"
     requests = build_requests(records, source=str(input_path), prompt_column=prompt_column,
                               template=template, messages_column=messages_column, chat=chat)
-    stem = out or input_path.with_name(f"{input_path.stem}.generated")
-    with engine_pool(verbose=ctx.obj["verbose"], **engine) as pool:
+    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool:
         start = time.perf_counter()
         gens = pool.generate(requests, sampling, progress=ProgressLine("generate", len(requests)))
         elapsed = time.perf_counter() - start
-    parquet, jsonl = write_table(stem, output_rows(records, gens))
+    with _output_errors(stem.parent, cached=sampling.reproducible):
+        parquet, jsonl = write_table(stem, output_rows(records, gens))
     tokens = sum(g.output_tokens for g in gens)
     errors = sum(not g.ok for g in gens)
     click.echo(f"{len(gens)} rows, {tokens} output tokens in {elapsed:.1f}s "
                f"({tokens / max(elapsed, 1e-9):.1f} tok/s), {errors} errors -> {parquet}, {jsonl}")
     if errors == len(gens):
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _output_errors(where: Path, *, cached: bool) -> Iterator[None]:
+    """A failed write (a full disk) as one line saying how to continue: the generations are
+    in the cache, so the same command writes them without generating them again."""
+    from promptsearch.pipelines.errors import one_line
+
+    try:
+        yield
+    except OSError as exc:
+        again = ("run the same command again: the finished generations come from the "
+                 "generation cache" if cached else "sampled generations without --seed are "
+                 "not cached and will be made again")
+        raise UserError(f"cannot write the outputs in {where} ({exc.strerror or one_line(exc)}"
+                        "); a file not "
+                        f"written keeps its old content; {again}") from None
 
 
 @main.command()
@@ -161,6 +195,22 @@ def _field_map(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return mapping or None
 
 
+def judge_options(func: Any) -> Any:
+    """``--judge`` / ``--judge-url`` / ``--judge-model``: who grades a judged task's answers."""
+    options = [
+        click.option("--judge", help="Judge model promptsearch runs (embedded name, local "
+                                     "directory or hub id); the run's own engines when it is "
+                                     "--model. For task open."),
+        click.option("--judge-url", help="OpenAI-compatible judge server's base URL, e.g. "
+                                         "http://localhost:8000/v1 (key from "
+                                         "$PROMPTSEARCH_JUDGE_API_KEY)."),
+        click.option("--judge-model", help="The judge model's name on --judge-url's server."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 field_option = click.option("--field", "fields", multiple=True, metavar="CANONICAL=COLUMN",
                             help="Map a task field to a column of the data file (repeatable).")
 
@@ -181,8 +231,11 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
     from promptsearch.pipelines.evaluate import score_rows
     from promptsearch.pipelines.predictions import match_predictions, per_row_records
     from promptsearch.pipelines.tasks import load_task
-    from promptsearch.pipelines.writers import write_jsonl
+    from promptsearch.pipelines.writers import input_files, refuse_overwrite, write_jsonl
 
+    if per_row is not None:
+        refuse_overwrite([per_row], inputs=input_files(predictions, references),
+                         option="--per-row", overwrite=True)
     task = load_task(task_name)
     examples, outputs = match_predictions(task, predictions, references,
                                           field_map=_field_map(fields))
@@ -202,14 +255,20 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
 @click.option("--max-examples", type=click.IntRange(1), help="Evaluate only the first N.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split rule.")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Output directory [default: runs/eval-TASK-TIMESTAMP].")
+              help="Output directory [default: runs/eval-TASK-TIMESTAMP]; never a run's.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the predictions and metrics.json of an earlier eval in --out.")
 @field_option
 @engine_options
 @click.pass_context
 def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: str,
           data: str | None, max_examples: int | None, seed: int, out: Path | None,
-          fields: tuple[str, ...], **engine: Any) -> None:
-    """Render, generate, parse and score one configuration on a split."""
+          overwrite: bool, fields: tuple[str, ...], **engine: Any) -> None:
+    """Render, generate, parse and score one configuration on a split.
+
+    Finished generations go to the generation cache as they come, so after a Ctrl-C or a
+    failure the same command continues where it stopped.
+    """
     import json
 
     from promptsearch.pipelines.config import PromptConfig
@@ -217,7 +276,13 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     from promptsearch.pipelines.prompts import demo_pool
     from promptsearch.pipelines.taskdata import load_task_data
     from promptsearch.pipelines.tasks import load_task
-    from promptsearch.pipelines.writers import write_json, write_table
+    from promptsearch.pipelines.writers import (
+        input_files,
+        refuse_overwrite,
+        table_paths,
+        write_json,
+        write_table,
+    )
     from promptsearch.search.progress import ProgressLine
     from promptsearch.search.run import check_config_fits, load_tokenizer
 
@@ -233,19 +298,30 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     out = out or Path("runs") / f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
+    for marker in ("run.yaml", "summary.json"):
+        if (out / marker).exists():
+            raise UserError(f"--out {out}: holds a promptsearch run ({marker}); eval would "
+                            "replace predictions its summary describes: choose another "
+                            "directory")
+    stem = out / "predictions" / split
+    refuse_overwrite([*table_paths(stem), out / "metrics.json"],
+                     inputs=input_files(data, config_path), option="--out",
+                     overwrite=overwrite, hint="(an earlier eval's) ")
     tokenizer = load_tokenizer(engine["model"])
     config.check(task, where=where, has_chat_template=tokenizer.chat_template is not None)
     check_config_fits(task, config, examples, data_splits.fewshot, tokenizer=tokenizer,
                       max_model_len=engine["max_model_len"], where=data_splits.source)
-    with engine_pool(verbose=ctx.obj["verbose"], **engine) as pool:
+    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool:
         result = evaluate(task, config, examples, pool=pool, fewshot=data_splits.fewshot,
                           progress=ProgressLine(f"eval {split}", len(examples)))
-    parquet, jsonl = write_table(out / "predictions" / split, result.rows)
+    with _output_errors(out, cached=config.sampling.reproducible):
+        parquet, jsonl = write_table(stem, result.rows)
     summary = {"task": task.name, "split": split, "model": engine["model"],
                "examples": len(examples), "metrics": result.metrics,
                "output_tokens": result.output_tokens, "seconds": round(result.seconds, 2),
                "config": config.to_dict()}
-    write_json(out / "metrics.json", summary)
+    with _output_errors(out, cached=config.sampling.reproducible):
+        write_json(out / "metrics.json", summary)
     click.echo(f"predictions: {parquet}, {jsonl}", err=True)
     click.echo(json.dumps(result.metrics, ensure_ascii=False))
 
@@ -272,38 +348,51 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
                    "recorded as failed, never scored 0.")
 @click.option("--max-validation", type=click.IntRange(1), help="Use the first N validation rows.")
 @click.option("--max-test", type=click.IntRange(1), help="Use the first N test rows.")
+@click.option("--metric", metavar="NAME",
+              help="The task metric the search maximises [default: the task's primary; "
+                   "'promptsearch tasks' lists them]. On instruct, inst_level_loose_acc is the "
+                   "signal a small model can climb.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory [default: runs/TASK-TIMESTAMP].")
 @click.option("--force", is_flag=True,
-              help="Use --out even if it holds something: a previous run there is deleted, "
-                   "other files are kept.")
+              help="Use --out even if it holds something: the files a previous run wrote "
+                   "there are deleted, any other file is kept.")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Finish an interrupted run: replays it from run.yaml and the cache.")
+@judge_options
 @engine_options
 @click.pass_context
 def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path | None,
         trials: int, time_budget: float | None, seed: int, chunks: int, scheduler: str,
         concurrency: int | None, trial_retries: int, max_validation: int | None,
-        max_test: int | None, out: Path | None, force: bool, resume: Path | None,
-        **engine: Any) -> None:
+        max_test: int | None, metric: str | None, out: Path | None, force: bool,
+        resume: Path | None, judge: str | None, judge_url: str | None,
+        judge_model: str | None, **engine: Any) -> None:
     """Search prompt configurations on validation, then run the best one on test."""
+    from promptsearch.pipelines.writers import input_files
     from promptsearch.search.run import RunSpec, execute_run, plan_run, prepare_run_dir
 
     if resume is not None:
         if not resume.is_dir():
             raise UserError(f"--resume {resume}: no such directory")
-        plan = plan_run(RunSpec.load(resume), resume)
+        spec = RunSpec.load(resume)
+        _refuse_flags_with_resume(ctx, resume)
+        if engine["engines"] is not None and ctx.get_parameter_source("engines") in (
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            spec = spec.replace(engines=engine["engines"])
+        plan = plan_run(spec, resume)
         run_dir = resume
     else:
         if task_name is None:
-            raise UserError("--task is required (qa, summary or instruct), or --resume RUN_DIR")
+            raise UserError(f"--task is required ({', '.join(TASK_NAMES)}), or --resume RUN_DIR")
         spec = RunSpec(task=task_name, data=data, space=str(space) if space else None,
                        trials=trials, seed=seed, chunks=chunks, scheduler=scheduler,
                        concurrency=concurrency, trial_retries=trial_retries,
                        time_budget_s=time_budget,
-                       max_validation=max_validation, max_test=max_test, **engine)
+                       max_validation=max_validation, max_test=max_test, metric=metric,
+                       judge=judge, judge_url=judge_url, judge_model=judge_model, **engine)
         plan = plan_run(spec)
-        run_dir = prepare_run_dir(out, task_name, force=force)
+        run_dir = prepare_run_dir(out, task_name, force=force, inputs=input_files(data, space))
     click.echo(f"run directory: {run_dir}", err=True)
     try:
         summary = execute_run(plan, run_dir, verbose=ctx.obj["verbose"])
@@ -323,8 +412,137 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
     click.echo(f"trials: {summary['trials']['run']} ({summary['trials']['pruned']} pruned), "
                f"generations {summary['generations']}, cache hits {summary['cache']['hits']}, "
                f"{summary['wall_seconds']:.0f}s")
+    if summary.get("judge"):
+        from promptsearch.pipelines.judge.report import judge_line
+
+        click.echo(judge_line(summary["judge"]))
     click.echo(f"test predictions: {', '.join(summary['predictions']['test'])}")
     click.echo(f"report: {run_dir / 'report.md'}")
+    _echo_how_sure(summary)
+
+
+def _echo_how_sure(summary: dict[str, Any]) -> None:
+    """best - baseline with its interval per split; when validation cannot separate them,
+    the run's last line says so and how many validation rows would."""
+    from promptsearch.search.report import not_separated_line
+
+    intervals = summary.get("best_minus_baseline") or {}
+    parts = [f"{split} {i['difference']:+.2f} [{i['low']:+.2f}, {i['high']:+.2f}] "
+             f"({i['rows']} rows)" for split, i in intervals.items() if i]
+    if parts:
+        confidence = next(i for i in intervals.values() if i)["confidence"]
+        click.echo(f"best - baseline {summary['metric']}, {confidence:.0%} paired bootstrap "
+                   f"interval: {'; '.join(parts)}")
+    validation = intervals.get("validation")
+    if validation and not validation["separated"]:
+        click.echo(not_separated_line(validation))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path), metavar="[RUN_A [RUN_B]]")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="test",
+              show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seeds the sheet's side shuffle and the bootstrap.")
+@click.option("--sheet", type=click.Path(path_type=Path),
+              help="Write a blind sheet for people here: sheet.html, sheet.csv, key.json.")
+@click.option("--ratings", type=click.Path(path_type=Path),
+              help="A filled sheet (CSV) to read back; needs --key.")
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="The key.json written with the sheet (with --ratings).")
+@judge_options
+@click.pass_context
+def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int,
+            sheet: Path | None, ratings: Path | None, key_path: Path | None,
+            judge: str | None, judge_url: str | None, judge_model: str | None) -> None:
+    """Compare two finished runs' answers (or one run's best against its baseline): the
+    metric with its interval, a blind sheet for people, or their filled sheet read back."""
+    from promptsearch.search import compare as cmp
+
+    if ratings is not None or key_path is not None:
+        if runs or sheet is not None:
+            raise UserError("--ratings reads a filled sheet back on its own; give it without "
+                            "runs or --sheet")
+        if ratings is None or key_path is None:
+            raise UserError("--ratings FILLED.csv and --key key.json go together")
+        key, table = cmp.ratings_table(ratings, key_path)
+        click.echo(f"blind ratings of {key.task} {key.split}, {table.rows} rows ({ratings})")
+        click.echo(f"first:  {key.first.label()}")
+        click.echo(f"second: {key.second.label()}")
+        click.echo(table.table("first", "second"))
+        return
+    if not 1 <= len(runs) <= 2:
+        raise UserError("give RUN (its best against its baseline) or RUN_A RUN_B, or "
+                        "--ratings FILLED.csv --key key.json")
+    if len(runs) == 1:
+        first, second = (cmp.load_side(runs[0], "best", split),
+                         cmp.load_side(runs[0], "baseline", split))
+    else:
+        first, second = (cmp.load_side(runs[0], "best", split),
+                         cmp.load_side(runs[1], "best", split))
+    interval = cmp.compare_metric(first, second, seed=seed)
+    names = f"{first.key.label()} - {second.key.label()}"
+    if interval is None:
+        click.echo(f"{split}: no references, no {first.metric} to compare")
+    else:
+        verdict = "separated" if interval.separated else "cannot separate them (contains 0)"
+        click.echo(f"{names} on {split} {first.metric}: {interval.describe()} over "
+                   f"{interval.rows} rows (paired bootstrap, seed {seed}): {verdict}")
+    if judge or judge_url:
+        _judge_compare(first, second, judge=judge, url=judge_url, model=judge_model,
+                       seed=seed, split=split, verbose=ctx.obj["verbose"])
+    if sheet is not None:
+        key = cmp.write_sheet(sheet, first, second, split=split, seed=seed)
+        click.echo(f"blind sheet: {sheet / 'sheet.html'}, {sheet / 'sheet.csv'} "
+                   f"({len(key.shown_as_a)} rows); key: {sheet / 'key.json'} (keep it from the "
+                   "raters)")
+
+
+def _judge_compare(first: Any, second: Any, *, judge: str | None, url: str | None,
+                   model: str | None, seed: int, split: str, verbose: bool) -> None:
+    """``compare --judge``: the judge picks the better answer of each row in both orders; a
+    side wins only when both orders agree."""
+    from promptsearch.pipelines.evaluate import run_sync
+    from promptsearch.pipelines.judge.pairwise import judge_pairs, pair_items, summarize
+    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
+    from promptsearch.pipelines.tasks import load_task
+    from promptsearch.search import compare as cmp
+    from promptsearch.search.runtime import init_ray
+
+    check_judge_options(None, judge, url, model)
+    items = pair_items(load_task(first.task), cmp.pair_rows(first, second))
+    if judge:
+        init_ray(verbose=verbose)
+    with open_judge(judge=judge, url=url, model=model) as grader:
+        assert grader is not None
+        verdicts, cost = run_sync(judge_pairs(grader, items))
+        table, unparsable = summarize(verdicts, seed=seed)
+        version = grader.describe()["prompt_version"]
+        click.echo(f"judge {grader.name} ({grader.kind}, prompt v{version}) on {split}, both "
+                   "orders asked, a win only when both agree:")
+    click.echo(table.table("first", "second"))
+    click.echo(f"first:  {first.key.label()}\nsecond: {second.key.label()}")
+    click.echo(f"unparsable verdicts: {unparsable} of {len(verdicts)} rows (left out); judge "
+               f"cost: {cost.calls} calls ({cost.cached} cached), "
+               f"{cost.prompt_tokens + cost.output_tokens} tokens, {cost.seconds:.0f}s")
+
+
+RESUME_HONOURS = ("resume", "engines")
+"""The ``run`` options a resume uses; the others would change the run it replays."""
+
+
+def _refuse_flags_with_resume(ctx: click.Context, resume: Path) -> None:
+    """A resume replays ``run.yaml``: an option given with it that it would ignore is an
+    error, not a silent surprise."""
+    for param in ctx.command.params:
+        if param.name in RESUME_HONOURS or \
+                ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len)
+        raise UserError(f"{flag} cannot be given with --resume: a resume finishes the run "
+                        f"exactly as {resume / 'run.yaml'} describes it; drop {flag}, or start "
+                        f"a new run (without --resume) to change it (only "
+                        f"{', '.join('--' + n for n in RESUME_HONOURS[1:])} may change)")
 
 
 @main.command(name="serve")
@@ -336,7 +554,10 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
               help="Engine actors (or set PROMPTSEARCH_ENGINES) "
                    "[default: as many as the cluster holds].")
 @click.option("--auth-token", envvar="PROMPTSEARCH_AUTH_TOKEN",
-              help="Require 'Authorization: Bearer TOKEN' (or set PROMPTSEARCH_AUTH_TOKEN).")
+              help="Require 'Authorization: Bearer TOKEN' (or set PROMPTSEARCH_AUTH_TOKEN); "
+                   "needed unless --host is a loopback address or --no-auth is given.")
+@click.option("--no-auth", is_flag=True,
+              help="Serve without authentication, even on a host other machines can reach.")
 @click.option("--max-ongoing-requests", default=64, show_default=True, type=click.IntRange(1),
               help="Per replica; more wait in a queue.")
 @click.option("--max-queued-requests", default=256, show_default=True, type=click.IntRange(1),
@@ -345,20 +566,28 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
               help="Seconds a 503 asks the client to wait (its Retry-After header).")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
               help="Largest max_tokens a request may ask for.")
+@click.option("--engine-timeout", default=240.0, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds the engines may take to answer one "
+                                                 "request; beyond them the answer is 504.")
+@click.option("--request-timeout", default=300.0, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds Ray Serve gives a whole request, "
+                                                 "queueing included; beyond them it answers 408.")
 @click.pass_context
 def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: int,
-           engines: int | None, auth_token: str | None, max_ongoing_requests: int,
-           max_queued_requests: int, retry_after: float, max_tokens: int) -> None:
+           engines: int | None, auth_token: str | None, no_auth: bool,
+           max_ongoing_requests: int, max_queued_requests: int, retry_after: float,
+           max_tokens: int, engine_timeout: float, request_timeout: float) -> None:
     """Serve a finished run's best configuration over HTTP with Ray Serve."""
     import signal
 
     from promptsearch.pipelines.config import PromptConfig
     from promptsearch.pipelines.pool import EnginePool
-    from promptsearch.search.run import RunSpec
     from promptsearch.search.runtime import init_ray
-    from promptsearch.serve.app import ServeLimits, build_app
+    from promptsearch.search.spec import check_run_inputs
+    from promptsearch.serve.app import ServeLimits, build_app, checked_auth_token
 
-    spec = RunSpec.load(run_dir)
+    auth_token = checked_auth_token(host, auth_token, no_auth=no_auth)
+    spec = check_run_inputs(run_dir)  # its data and model must be the ones the run used
     if not (run_dir / "best.yaml").is_file():
         raise UserError(f"{run_dir}: no best.yaml; the run has not finished (use "
                         f"'promptsearch run --resume {run_dir}')")
@@ -372,8 +601,10 @@ def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: in
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
-        serve.start(http_options={"host": host, "port": port})
-        limits = ServeLimits(auth_token=auth_token, max_tokens=max_tokens)
+        serve.start(http_options={"host": host, "port": port,
+                                  "request_timeout_s": request_timeout})
+        limits = ServeLimits(auth_token=auth_token, max_tokens=max_tokens,
+                             engine_timeout_s=engine_timeout)
         serve.run(build_app(run_dir, pool, limits=limits, replicas=replicas,
                             max_ongoing_requests=max_ongoing_requests,
                             max_queued_requests=max_queued_requests,

@@ -20,7 +20,7 @@ from promptsearch.pipelines.config import PromptConfig
 from promptsearch.pipelines.errors import UserError, last_line
 from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.tasks import Task
-from promptsearch.search.evaluator import start_evaluator
+from promptsearch.search.evaluator import FinalRows, start_evaluator
 from promptsearch.search.halving import SyncHalvingScheduler, bracket_size, milestones
 from promptsearch.search.plan import BracketPlan
 from promptsearch.search.searcher import StudySearcher, config_identity
@@ -28,6 +28,10 @@ from promptsearch.search.space import SearchSpace
 from promptsearch.search.trial import run_trial, validation_chunks
 
 log = logging.getLogger(__name__)
+
+TPE_STARTUP_TRIALS = 10
+"""Trials TPE suggests at random before it models the outcomes (Optuna's default); the
+bracket plan starts brackets that fall inside them at once."""
 
 
 @dataclass
@@ -84,13 +88,20 @@ class PromptSearch:
     max_failures: int = 1
     """Retries of a trial that raised or whose process died (a failed trial has no score:
     it is never counted as 0)."""
+    metric: str | None = None
+    """The task metric the search maximises (a trial's score); None: the task's primary."""
 
     def search(self, task: Task, *, space: SearchSpace, validation: Sequence[dict[str, Any]],
                fewshot: Sequence[dict[str, Any]], pool: EnginePool, run_dir: Path,
                callbacks: Sequence[Any] = (),
-               candidates: Sequence[dict[str, Any]] | None = None) -> SearchResult:
+               candidates: Sequence[dict[str, Any]] | None = None,
+               test: Sequence[dict[str, Any]] | None = None,
+               judge: Any = None) -> SearchResult:
         """Search ``self.trials`` configurations; or exactly ``candidates`` (Optuna params,
-        the baseline's first), in order, when given."""
+        the baseline's first), in order, when given. ``test``: the final run's test rows, whose
+        generations the search may start early to fill the engines (``evaluator.py``).
+        ``judge``: grades the answers of a judged task (``open``); its cost is in
+        ``metadata["judge_cost"]``."""
         import optuna
         import ray
         from ray import tune
@@ -112,7 +123,8 @@ class PromptSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             storage=storage, study_name=f"promptsearch-{task.name}", direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=self.seed, constant_liar=True))
+            sampler=optuna.samplers.TPESampler(seed=self.seed, constant_liar=True,
+                                               n_startup_trials=TPE_STARTUP_TRIALS))
         searcher = StudySearcher(
             study=study, suggest=space.suggest, plan=plan, points_to_evaluate=points,
             identity=lambda p: config_identity(space.to_config(task, p).to_dict()),
@@ -120,7 +132,9 @@ class PromptSearch:
         tune_dir = (run_dir / "tune").resolve()
         shutil.rmtree(tune_dir / "search", ignore_errors=True)  # a replay starts afresh
         tune_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = start_evaluator(task.name, space, chunks, fewshot, pool, directory=tune_dir)
+        final = FinalRows(baseline=dict(points[0]), test=list(test)) if test else None
+        evaluator = start_evaluator(task.name, space, chunks, fewshot, pool, directory=tune_dir,
+                                    final=final, metric=self.metric, judge=judge)
         trainable = tune.with_parameters(run_trial, evaluator=evaluator, milestones=marks,
                                          n_chunks=n_chunks)
         # Trials only wait on the evaluator: engines hold the cores. A memory-only request
@@ -146,6 +160,10 @@ class PromptSearch:
         )
         try:
             grid = tuner.fit()
+            failed = ray.get(evaluator.drain.remote())
+            judge_cost = ray.get(evaluator.judge_cost.remote()) if judge is not None else None
+            if failed:
+                log.warning("%d early final-run batches failed; the final run makes them", failed)
         finally:
             ray.kill(evaluator, no_restart=True)
         searcher.finish()
@@ -175,7 +193,8 @@ class PromptSearch:
                             best_config=space.to_config(task, best.params),
                             baseline_config=baseline, study_storage=storage,
                             tune_dir=tune_dir / "search",
-                            metadata={"exhausted": searcher.exhausted})
+                            metadata={"exhausted": searcher.exhausted,
+                                      "judge_cost": judge_cost})
 
     def _schedule(self, n_chunks: int, total: int) -> tuple[BracketPlan, Any, list[int]]:
         """The bracket plan, Tune's scheduler, and the chunks at which it decides."""
@@ -194,7 +213,7 @@ class PromptSearch:
         size = bracket_size(n_chunks, self.reduction_factor)
         # Without a cut before the last chunk there is no first rung to wait for.
         plan = BracketPlan([min(size, total - i) for i in range(0, total, size)],
-                           overlap=len(marks) > 1)
+                           overlap=len(marks) > 1, startup=TPE_STARTUP_TRIALS)
         return plan, SyncHalvingScheduler(plan=plan, max_t=n_chunks,
                                           reduction_factor=self.reduction_factor), marks
 

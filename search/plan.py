@@ -7,6 +7,11 @@ first rung and bracket ``n-2`` has finished, and at that moment Optuna is told e
 trials of brackets up to ``n-2`` and the trials of bracket ``n-1`` that its first rung
 stopped. So bracket ``n``'s first rung runs beside bracket ``n-1``'s later rungs (the engines
 stay full), and what TPE knows when it suggests does not depend on timing.
+
+While TPE is still in its random start-up (fewer than ``startup`` trials told), a suggestion
+cannot depend on any outcome, so there is nothing to wait for: such a bracket is suggested as
+soon as the one before it, and its first rung runs together with that one's. With the default
+16 trials (brackets of 9 and 7) both brackets start at once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ class BracketPlan:
     """Trials per bracket, in order."""
     overlap: bool = True
     """False: a bracket is suggested only when the one before it has finished (ASHA)."""
+    startup: int = 0
+    """TPE's start-up trials (suggested at random); see the module doc."""
     members: list[list[str]] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
     promoted: dict[int, set[str]] = field(default_factory=dict)
@@ -36,6 +43,8 @@ class BracketPlan:
             return False
         if not self.overlap:
             return self._done(n - 1)
+        if self._in_startup(n):
+            return True
         return n - 1 in self.promoted and self._done(n - 2) and all(
             t in self.finished for t in self.members[n - 1] if t not in self.promoted[n - 1])
 
@@ -46,6 +55,8 @@ class BracketPlan:
             return []
         if not self.overlap:
             return [t for b in range(n) for t in self.members[b]]
+        if self._in_startup(n):
+            return []
         told = [t for b in range(n - 1) for t in self.members[b]]
         return told + [t for t in self.members[n - 1] if t not in self.promoted[n - 1]]
 
@@ -76,6 +87,11 @@ class BracketPlan:
 
     def finish(self, trial_id: str) -> None:
         self.finished.add(trial_id)
+
+    def _in_startup(self, bracket: int) -> bool:
+        """Fewer trials come before this bracket than TPE samples at random: however many of
+        them are told by the normal rule, TPE would still suggest at random."""
+        return self.overlap and sum(self.sizes[:bracket]) < self.startup
 
     def _done(self, bracket: int) -> bool:
         return bracket < 0 or (self.closed(bracket)

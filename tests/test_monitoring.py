@@ -185,9 +185,9 @@ def test_small_search_exports_custom_and_vllm_metrics(pool, tmp_path: Path) -> N
     assert all(re.fullmatch(r"engine-\d+:gemma-3-270m(#\d+)?", n) for n in engines), engines
     assert any(n.startswith("generation-cache") for n in names), names
 
-    # The final run is one stream: best on validation and test, baseline on test.
+    # The final run is one stream: best and baseline, each on validation and test.
     rows = {("best and baseline", "validation and test"):
-            len(plan.data.validation) + 2 * len(plan.data.test)}
+            2 * len(plan.data.validation) + 2 * len(plan.data.test)}
     stop = threading.Event()
     busy = threading.Thread(target=_keep_engines_busy, args=(pool, stop), daemon=True)
     chunk_tokens, pool.chunk_tokens = pool.chunk_tokens, 256  # several chunks: both engines

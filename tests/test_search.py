@@ -56,7 +56,49 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
         summary["best"]["test"] - summary["baseline"]["test"])
     report = (run_dir / "report.md").read_text()
     assert "| baseline |" in report and "| best |" in report
+    _check_best_minus_baseline(run_dir, task, summary, report)
     return summary
+
+
+def _check_best_minus_baseline(run_dir: Path, task: str, summary: dict, report: str) -> None:
+    """summary.json's paired bootstrap intervals are what the saved per-row outputs give:
+    the baseline ran on every validation row, and ``compare RUN`` recomputes the same
+    interval from predictions/ and predictions/baseline/."""
+    metric = summary["metric"]
+    for split in ("validation", "test"):
+        interval = summary["best_minus_baseline"][split]
+        baseline = _rescore(task, run_dir / f"predictions/baseline/{split}.jsonl")
+        assert baseline[metric] == pytest.approx(summary["baseline"][split])
+        rows = len((run_dir / f"predictions/baseline/{split}.jsonl").read_text().splitlines())
+        assert interval["rows"] == rows and interval["resamples"] == 2000
+        assert interval["difference"] == pytest.approx(
+            summary["best"][split] - summary["baseline"][split])
+        assert interval["low"] <= interval["difference"] <= interval["high"]
+        assert interval["separated"] == (not interval["low"] <= 0 <= interval["high"])
+        again = run_cli("compare", str(run_dir), "--split", split)
+        assert again.returncode == 0, again.stderr
+        assert (f"on {split} {metric}: {interval['difference']:+.2f}, 95% interval "
+                f"[{interval['low']:+.2f}, {interval['high']:+.2f}] over {rows} rows"
+                in again.stdout), again.stdout
+    assert "### How sure is this" in report and (run_dir / "best_minus_baseline.png").exists()
+    validation = summary["best_minus_baseline"]["validation"]
+    said = "could not separate best from baseline" in report
+    assert said == (not validation["separated"]), report
+
+
+def _check_final_lines(stdout: str, summary: dict) -> None:
+    """The run's last lines: best - baseline with its interval; when validation cannot
+    separate them, the very last line says so and how many validation rows would."""
+    validation = summary["best_minus_baseline"]["validation"]
+    assert (f"validation {validation['difference']:+.2f} [{validation['low']:+.2f}, "
+            f"{validation['high']:+.2f}] ({validation['rows']} rows)") in stdout, stdout
+    last = stdout.strip().splitlines()[-1]
+    if validation["separated"]:
+        assert "could not separate" not in stdout
+    else:
+        assert last.startswith("The search could not separate best from baseline"), last
+        needed = validation["rows_needed"]
+        assert last.endswith(f"{'—' if needed is None else f'about {needed}'}."), last
 
 
 @pytest.mark.engine
@@ -71,6 +113,7 @@ def test_small_search_end_to_end(tmp_path: Path, task: str) -> None:
     assert "trial 0 chunk 1/2" in result.stderr  # live progress: the baseline is trial 0
     assert f"test predictions: {run_dir}/predictions/test.parquet" in result.stdout
     assert summary["cache"]["hits"] > 0  # the final validation run re-uses the search's rows
+    _check_final_lines(result.stdout, summary)
 
 
 def _trial_params(run_dir: Path) -> list[dict]:

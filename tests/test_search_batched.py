@@ -40,16 +40,24 @@ def test_a_rung_reaches_the_engines_as_one_batch(batched_run: Path) -> None:
     rows_per_chunk = 3
     # One trial alone never has more than its chunk in flight; the rung of 9 trials does.
     assert max(use["peak_in_flight"]) > 2 * rows_per_chunk, use
-    assert sum(use["requests"]) == summary["cache"]["misses"] - _final_misses(batched_run)
+    assert sum(use["requests"]) == summary["cache"]["misses"] - \
+        summary["final_run"]["generated"]
     assert all(0 < f <= 1 for f in use["busy_fraction"]), use
 
 
-def _final_misses(run_dir: Path) -> int:
-    """Rows the final run generated (not in the cache from the search): the test split twice
-    (best and baseline), unless one of them is the same configuration."""
-    best = yaml.safe_load((run_dir / "best.yaml").read_text())
-    baseline = yaml.safe_load((run_dir / "baseline.yaml").read_text())
-    return 4 if best == baseline else 8
+def test_the_final_run_was_generated_during_the_search(batched_run: Path) -> None:
+    """The best configuration's test rows went with its last chunk, and the baseline's with
+    the first last chunk: the final run generated nothing of its own."""
+    summary = json.loads((batched_run / "summary.json").read_text())
+    rows = pq.read_table(batched_run / "trials.parquet").to_pylist()
+    searched = sum(r["generations"] - r["cached"] for r in rows)
+    assert summary["final_run"] == {"rows": 2 * (12 + 4), "generated": 0}
+    # Beyond its trials' chunks the search generated the early final work: the test rows
+    # of the best (and of any survivor that could have been best), the baseline's validation
+    # rows its trial did not run, and the baseline's test rows.
+    early = summary["cache"]["misses"] - searched
+    baseline_ran = 3 * len(rows[0]["chunk_scores"])
+    assert early >= (12 - baseline_ran) + 4, (early, summary["cache"])
 
 
 def test_the_study_says_what_trials_parquet_says(batched_run: Path) -> None:

@@ -52,6 +52,40 @@ def test_without_overlap_a_bracket_waits_for_the_previous_to_finish() -> None:
     assert plan.may_open() and plan.told_at_open() == ["a0"]
 
 
+def test_brackets_inside_tpe_startup_start_together() -> None:
+    plan = BracketPlan([9, 9, 9], startup=10)
+    a = _fill(plan, "a")
+    assert plan.may_open() and plan.told_at_open() == []  # 9 trials before it: TPE is random
+    _fill(plan, "b")
+    assert not plan.may_open()  # 18 trials before c: it waits for the normal rule
+    plan.first_rung_decided(1, {"b0"})
+    for t in [*a, "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"]:
+        plan.finish(t)
+    assert plan.may_open()
+    assert plan.told_at_open() == [*a, *[f"b{i}" for i in range(1, 9)]]
+
+
+def test_tpe_suggests_the_same_whatever_it_is_told_below_startup() -> None:
+    """What the start-up rule rests on: below ``n_startup_trials`` finished trials TPE's
+    suggestions do not depend on the outcomes it was told."""
+    import optuna
+
+    def suggestions(values: list[float]) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+            seed=3, constant_liar=True, n_startup_trials=10))
+        first = [study.ask() for _ in range(9)]
+        for trial in first:
+            trial.suggest_categorical("t", ["a", "b", "c"])
+            trial.suggest_int("k", 0, 4)
+        for trial, value in zip(first, values, strict=False):  # the rest stay running
+            study.tell(trial, value)
+        later = [study.ask() for _ in range(7)]
+        return [{"t": t.suggest_categorical("t", ["a", "b", "c"]),
+                 "k": t.suggest_int("k", 0, 4)} for t in later]
+
+    assert suggestions([float(i) for i in range(6)]) == suggestions([0.0] * 9)
+
+
 def test_shrink_ends_the_plan_at_the_current_bracket() -> None:
     plan = BracketPlan([9, 7])
     plan.open()
