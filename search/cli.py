@@ -260,10 +260,12 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
               help="Replace the predictions and metrics.json of an earlier eval in --out.")
 @field_option
 @engine_options
+@judge_options
 @click.pass_context
 def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: str,
           data: str | None, max_examples: int | None, seed: int, out: Path | None,
-          overwrite: bool, fields: tuple[str, ...], **engine: Any) -> None:
+          overwrite: bool, fields: tuple[str, ...], judge: str | None, judge_url: str | None,
+          judge_model: str | None, **engine: Any) -> None:
     """Render, generate, parse and score one configuration on a split.
 
     Finished generations go to the generation cache as they come, so after a Ctrl-C or a
@@ -273,6 +275,7 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
 
     from promptsearch.pipelines.config import PromptConfig
     from promptsearch.pipelines.evaluate import evaluate
+    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
     from promptsearch.pipelines.prompts import demo_pool
     from promptsearch.pipelines.taskdata import load_task_data
     from promptsearch.pipelines.tasks import load_task
@@ -287,6 +290,7 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     from promptsearch.search.run import check_config_fits, load_tokenizer
 
     task = load_task(task_name)
+    check_judge_options(task, judge, judge_url, judge_model)
     config = PromptConfig.load(config_path) if config_path else PromptConfig.baseline(task)
     if config.task != task.name:
         raise UserError(f"{config_path}: config is for task {config.task!r}, not {task.name!r}")
@@ -311,9 +315,11 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     config.check(task, where=where, has_chat_template=tokenizer.chat_template is not None)
     check_config_fits(task, config, examples, data_splits.fewshot, tokenizer=tokenizer,
                       max_model_len=engine["max_model_len"], where=data_splits.source)
-    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool:
+    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool, open_judge(
+            judge=judge, url=judge_url, model=judge_model, run_pool=pool,
+            max_model_len=engine["max_model_len"]) as grader:
         result = evaluate(task, config, examples, pool=pool, fewshot=data_splits.fewshot,
-                          progress=ProgressLine(f"eval {split}", len(examples)))
+                          progress=ProgressLine(f"eval {split}", len(examples)), judge=grader)
     with _output_errors(out, cached=config.sampling.reproducible):
         parquet, jsonl = write_table(stem, result.rows)
     summary = {"task": task.name, "split": split, "model": engine["model"],
@@ -587,7 +593,8 @@ def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: in
     from promptsearch.serve.app import ServeLimits, build_app, checked_auth_token
 
     auth_token = checked_auth_token(host, auth_token, no_auth=no_auth)
-    spec = check_run_inputs(run_dir)  # its data and model must be the ones the run used
+    # Its model must be the one the run used; its data too, unless the run stored its demos.
+    spec = check_run_inputs(run_dir, data=not (run_dir / "fewshot.jsonl").is_file())
     if not (run_dir / "best.yaml").is_file():
         raise UserError(f"{run_dir}: no best.yaml; the run has not finished (use "
                         f"'promptsearch run --resume {run_dir}')")

@@ -42,6 +42,7 @@ from promptsearch.pipelines.tasks import TASK_DIR, load_task
 from promptsearch.pipelines.writers import (
     remove_stale_temporaries,
     write_json,
+    write_jsonl,
     write_parquet,
     write_table,
     write_text,
@@ -59,7 +60,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILES: tuple[str, ...] = (
     "run.yaml", "space.yaml", "best.yaml", "baseline.yaml", "trials.parquet", "report.md",
-    "summary.json", "optuna.db", "optuna.db-journal", "optuna.db-wal", "optuna.db-shm",
+    "summary.json", "fewshot.jsonl", "optuna.db", "optuna.db-journal", "optuna.db-wal",
+    "optuna.db-shm",
     "optimization_history.png", "param_importances.png", "score_by_template.png",
     "score_by_k.png", "best_minus_baseline.png",
     *(f"predictions/{who}{split}{suffix}" for who in ("", "baseline/")
@@ -213,6 +215,9 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
 
     spec.save(run_dir)  # first: from here on the directory is a run that --force may clear
     write_text(run_dir / "space.yaml", plan.space_text)
+    # The demos the configurations may show: serve renders from this file, so a finished run
+    # needs neither the original data nor the split rule.
+    write_jsonl(run_dir / "fewshot.jsonl", fewshot)
     searcher = PromptSearch(trials=spec.trials, concurrency=spec.concurrency or 1,
                             chunks=spec.chunks, seed=spec.seed, time_budget_s=spec.time_budget_s,
                             scheduler=spec.scheduler, max_failures=spec.trial_retries,

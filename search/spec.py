@@ -176,9 +176,16 @@ def check_inputs_unchanged(spec: RunSpec, *, where: str,
     return current
 
 
-def check_run_inputs(run_dir: Path) -> RunSpec:
-    """A finished or interrupted run's spec, after checking that its data and model are the
-    ones it was made with (for ``serve`` and ``--resume``)."""
+def check_run_inputs(run_dir: Path, *, data: bool = True) -> RunSpec:
+    """A finished or interrupted run's spec, after checking that its data (unless ``data``
+    is False: ``serve`` of a run that stored its few-shot pool needs no data) and model are
+    the ones it was made with (for ``serve`` and ``--resume``)."""
     spec = load_run_spec(Path(run_dir))
-    check_inputs_unchanged(spec, where=str(Path(run_dir) / "run.yaml"))
+    current = None
+    if not data and spec.fingerprints is not None:
+        from promptsearch.pipelines.models import model_fingerprint, resolve_model
+
+        current = Fingerprints(data=spec.fingerprints.data,
+                               model=model_fingerprint(spec.model, resolve_model(spec.model)))
+    check_inputs_unchanged(spec, where=str(Path(run_dir) / "run.yaml"), current=current)
     return spec

@@ -36,10 +36,11 @@ from promptsearch.pipelines.config import PromptConfig
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.pool import EnginePool, Generation
 from promptsearch.pipelines.prompts import demo_pool, render_requests
-from promptsearch.pipelines.readers import read_yaml
+from promptsearch.pipelines.readers import read_records
 from promptsearch.pipelines.sampling import Sampling
 from promptsearch.pipelines.taskdata import load_task_data
 from promptsearch.pipelines.tasks import load_task
+from promptsearch.search.spec import load_run_spec
 from promptsearch.serve.bodies import ChatRequest, input_models, read_json, validate
 
 log = logging.getLogger(__name__)
@@ -151,14 +152,16 @@ class PromptService:
 
     def __init__(self, run_dir: str, pool: EnginePool, limits: ServeLimits) -> None:
         run = Path(run_dir)
-        spec = read_yaml(run / "run.yaml")
-        if not isinstance(spec, dict):
-            raise UserError(f"{run / 'run.yaml'}: not a run.yaml written by 'promptsearch run'")
+        spec = load_run_spec(run)
         self.config = PromptConfig.load(run / "best.yaml")
         self.task = load_task(self.config.task)
-        data = load_task_data(self.task, spec.get("data"), seed=spec.get("seed", 0))
-        self.fewshot = demo_pool(self.task, data.fewshot)
-        self.model = str(spec.get("model", "model"))
+        stored = run / "fewshot.jsonl"
+        if stored.is_file():
+            self.fewshot = read_records(stored)
+        else:  # a run made before runs kept their demos: split its data again
+            data = load_task_data(self.task, spec.data, seed=spec.seed)
+            self.fewshot = demo_pool(self.task, data.fewshot)
+        self.model = spec.model
         self.pool = pool
         self.limits = limits
         self.input_model, self.batch_model = input_models(self.task.input_fields,

@@ -249,6 +249,9 @@ def test_run_open_needs_a_judge_and_other_tasks_refuse_one(tmp_path: Path) -> No
                                    "http://localhost:1/v1", "--out", out))
     assert "--judge-model" in line
     assert not (tmp_path / "run").exists()
+    line = _one_error_line(run_cli("eval", "--task", "open", "--out", str(tmp_path / "eval")))
+    assert "--judge NAME|DIR" in line
+    assert not (tmp_path / "eval").exists()
 
 
 def test_run_with_a_refused_judge_url_stops_before_any_engine(tmp_path: Path) -> None:
@@ -365,6 +368,14 @@ def test_search_on_open_with_the_embedded_model_as_judge(tmp_path: Path) -> None
     assert again.returncode == 0, again.stderr
     cost = json.loads((tmp_path / "again/summary.json").read_text())["judge"]["cost"]["total"]
     assert cost["calls"] == 0 and cost["cached"] > 0
+    # eval of the run's best.yaml with the same judge gives the run's test score (the answers
+    # and the grades come from the cache).
+    evaluated = run_cli("eval", "--task", "open", "--config", str(out / "best.yaml"),
+                        "--split", "test", "--max-examples", "4", "--judge", "gemma-3-270m",
+                        "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())["metrics"]
+    assert metrics["judge_score"] == pytest.approx(summary["best"]["test"])
 
 
 @pytest.mark.engine

@@ -38,6 +38,13 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
     assert (run_dir / "tune/search").is_dir()
     summary = json.loads((run_dir / "summary.json").read_text())
     metric = summary["metric"]
+    # The run keeps the demos it drew from: every one carries an answer (what serve reads).
+    from promptsearch.pipelines.readers import read_records
+    from promptsearch.pipelines.tasks import load_task
+
+    demos = read_records(run_dir / "fewshot.jsonl")
+    answer = load_task(task).answer_field
+    assert all(d.get(answer) not in (None, "", []) for d in demos)
     rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
     ran = [r for r in rows if r["state"] != "duplicate"]  # repeats are recorded, not run
     assert len(ran) == trials == summary["trials"]["run"]

@@ -125,3 +125,18 @@ def test_repeated_suggestions_are_recorded_not_run(tmp_path: Path) -> None:
     # 3 configurations x 4 validation rows, nothing twice (the final validation run is cached)
     search_generated = sum(r["generations"] - r["cached"] for r in ran)
     assert search_generated == 12
+
+
+def test_more_chunks_than_validation_rows(tmp_path: Path) -> None:
+    """--chunks 8 over 3 validation rows: three chunks of one row; a trial that scored all
+    three is complete (not counted as pruned) and is the best."""
+    result = run_cli("run", "--task", "qa", "--trials", "2", "--chunks", "8",
+                     "--max-validation", "3", "--max-test", "2", "--max-model-len", "2048",
+                     "--out", str(tmp_path / "run"), env=_empty_cache(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = pq.read_table(tmp_path / "run" / "trials.parquet").to_pylist()
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert complete and all(len(r["chunk_scores"]) == 3 for r in complete)
+    assert summary["trials"]["complete"] == len(complete)
+    assert summary["best"]["trial"] in {r["number"] for r in complete}

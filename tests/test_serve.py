@@ -358,3 +358,41 @@ def test_auth_off_and_shutdown_leaves_nothing_running(small_server: Server) -> N
     assert not (engine_core_pids() - small_server.engines_before)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{small_server.url}/healthz", timeout=2)
+
+
+def test_a_finished_run_serves_from_its_own_directory(tmp_path: Path) -> None:
+    """A run keeps the few-shot pool it used (fewshot.jsonl): serve renders from it, and needs
+    neither the data nor its split any more; a run without it still needs its data."""
+    import shutil
+
+    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.errors import UserError
+    from promptsearch.pipelines.prompts import demo_pool
+    from promptsearch.pipelines.readers import read_records
+    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.tasks import TASK_DIR, load_task
+    from promptsearch.pipelines.writers import write_jsonl
+    from promptsearch.search.spec import RunSpec, check_run_inputs, input_fingerprints
+    from promptsearch.serve.app import PromptService, ServeLimits
+
+    data = tmp_path / "data"
+    shutil.copytree(TASK_DIR / "data" / "qa", data)
+    spec = RunSpec(task="qa", data=str(data))
+    spec = spec.model_copy(update={"fingerprints": input_fingerprints(spec)})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec.save(run_dir)
+    task = load_task("qa")
+    PromptConfig.baseline(task).save(run_dir / "best.yaml")
+    demos = demo_pool(task, load_task_data(task, str(data)).fewshot)
+    write_jsonl(run_dir / "fewshot.jsonl", demos)
+    shutil.rmtree(data)
+
+    assert check_run_inputs(run_dir, data=False).task == "qa"
+    with pytest.raises(UserError, match="is gone since the run started"):
+        check_run_inputs(run_dir)
+    service = PromptService(str(run_dir), pool=None, limits=ServeLimits())  # type: ignore[arg-type]
+    assert service.fewshot == demos == read_records(run_dir / "fewshot.jsonl")
+    (run_dir / "fewshot.jsonl").unlink()
+    with pytest.raises(UserError):
+        PromptService(str(run_dir), pool=None, limits=ServeLimits())  # type: ignore[arg-type]
