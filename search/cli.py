@@ -448,8 +448,9 @@ def _echo_how_sure(summary: dict[str, Any]) -> None:
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path), metavar="[RUN_A [RUN_B]]")
 @click.option("--split", type=click.Choice(["validation", "test"]), default="test",
               show_default=True)
-@click.option("--seed", default=0, show_default=True,
-              help="Seeds the sheet's side shuffle and the bootstrap.")
+@click.option("--seed", type=int,
+              help="Seeds the sheet's side shuffle and the bootstrap [default: RUN's own seed "
+                   "for one run, so its summary.json's interval is reproduced; else 0].")
 @click.option("--sheet", type=click.Path(path_type=Path),
               help="Write a blind sheet for people here: sheet.html, sheet.csv, key.json.")
 @click.option("--ratings", type=click.Path(path_type=Path),
@@ -458,7 +459,7 @@ def _echo_how_sure(summary: dict[str, Any]) -> None:
               help="The key.json written with the sheet (with --ratings).")
 @judge_options
 @click.pass_context
-def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int,
+def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int | None,
             sheet: Path | None, ratings: Path | None, key_path: Path | None,
             judge: str | None, judge_url: str | None, judge_model: str | None) -> None:
     """Compare two finished runs' answers (or one run's best against its baseline): the
@@ -483,9 +484,14 @@ def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int,
     if len(runs) == 1:
         first, second = (cmp.load_side(runs[0], "best", split),
                          cmp.load_side(runs[0], "baseline", split))
+        if seed is None and (runs[0] / "run.yaml").is_file():
+            from promptsearch.search.spec import load_run_spec
+
+            seed = load_run_spec(runs[0]).seed
     else:
         first, second = (cmp.load_side(runs[0], "best", split),
                          cmp.load_side(runs[1], "best", split))
+    seed = 0 if seed is None else seed
     interval = cmp.compare_metric(first, second, seed=seed)
     names = f"{first.key.label()} - {second.key.label()}"
     if interval is None:
