@@ -81,8 +81,9 @@ def test_force_removes_only_the_files_a_run_wrote(tmp_path: Path) -> None:
     for name, text in USERS_FILES.items():
         assert (out / name).read_text(encoding="utf-8") == text
     left = {p for p, content in _tree(out).items() if content is not None}
-    # this run wrote run.yaml and space.yaml before it stopped; nothing of the old run is left
-    assert left == {*USERS_FILES, "run.yaml", "space.yaml"}
+    # this run wrote its inputs (run.yaml, space.yaml, fewshot.jsonl) before it stopped;
+    # nothing of the old run is left
+    assert left == {*USERS_FILES, "run.yaml", "space.yaml", "fewshot.jsonl"}
     assert b"old" not in (out / "run.yaml").read_bytes()
     said = [line for line in result.stderr.splitlines() if line.startswith("--force: ")]
     assert len(said) == 1, result.stderr
