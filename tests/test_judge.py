@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from promptsearch.pipelines.judge import (
 from promptsearch.pipelines.judge.pairwise import combine
 from promptsearch.pipelines.judge.prompts import JudgePrompt, grade_prompt
 from tests.conftest import REPO, run_cli
+from tests.sshd import free_ports
 
 OPEN_DATA = REPO / "pipelines/tasks/data/open"
 
@@ -164,12 +164,6 @@ def _items(n: int = 3) -> list[GradeItem]:
     return [GradeItem(r["input"], r["reference"], r["eval_aspect"], r["reference"]) for r in rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_http_grades_are_parsed_and_a_rerun_makes_no_request(server: _ScriptedServer,
                                                              tmp_path: Path) -> None:
     before = len(server.requests)
@@ -207,7 +201,7 @@ def test_a_server_error_is_retried_with_backoff(server: _ScriptedServer, tmp_pat
 
 
 def test_a_refused_connection_is_one_clear_error() -> None:
-    judge = HttpJudge(f"http://127.0.0.1:{_free_port()}/v1", "grader", attempts=2,
+    judge = HttpJudge(f"http://127.0.0.1:{free_ports(1)[0]}/v1", "grader", attempts=2,
                       backoff_s=0.01)
     with pytest.raises(JudgeError) as info:
         asyncio.run(grade_answers(judge, _items(1)))
@@ -255,7 +249,7 @@ def test_run_open_needs_a_judge_and_other_tasks_refuse_one(tmp_path: Path) -> No
 
 
 def test_run_with_a_refused_judge_url_stops_before_any_engine(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/v1"
     line = _one_error_line(run_cli("run", "--task", "open", "--judge-url", url,
                                    "--judge-model", "x", "--out", str(tmp_path / "run")))
     assert "connection refused" in line and url in line
@@ -387,7 +381,7 @@ def test_vllm_openai_server_with_a_real_chat_model(tmp_path: Path) -> None:
     from promptsearch.pipelines.models import resolve_model
 
     model_dir = resolve_model("smollm2-135m-instruct")
-    port = _free_port()
+    port = free_ports(1)[0]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     log = (tmp_path / "vllm.log").open("w")

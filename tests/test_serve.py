@@ -25,6 +25,7 @@ import requests
 
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from tests.conftest import REPO, engine_core_pids, run_cli
+from tests.sshd import free_ports
 
 TOKEN = "test-token"
 
@@ -53,16 +54,10 @@ def test_no_auth_on_a_public_host_is_a_decision_the_user_may_make(tmp_path: Path
     assert "no run.yaml" in result.stderr, result.stderr  # past the auth checks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, run_dir: Path, *extra: str) -> None:
         self.engines_before: set[int] = set()  # engine cores before this server started
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promptsearch.search", "serve", str(run_dir), "--port",
