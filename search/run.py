@@ -433,6 +433,7 @@ def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: 
     test_best = final["test"].metrics.get(metric)
     test_base = baseline["test"].metrics.get(metric)
     states = [t.state for t in result.trials]
+    final_results = [*final.values(), *baseline.values()]
     summary: dict[str, Any] = {
         "task": task.name, "model": spec.model, "data": source, "metric": metric,
         "baseline": {"validation": baseline["validation"].metrics.get(metric),
@@ -452,12 +453,11 @@ def write_outputs(run_dir: Path, spec: RunSpec, task: Any, source: str, result: 
                    "complete": states.count("complete"), "pruned": states.count("pruned"),
                    "error": states.count("error"), "duplicate": states.count("duplicate")},
         "generations": sum(t.generations for t in result.trials)
-        + sum(r.generations for r in [*final.values(), *baseline.values()]),
+        + sum(r.generations for r in final_results),
         "cache": {"hits": cache.get("hits", 0), "misses": cache.get("misses", 0)},
         # Rows the final run had to generate; the rest the search made early (evaluator.py).
-        "final_run": {"rows": sum(len(r.rows) for r in [*final.values(), *baseline.values()]),
-                      "generated": sum(r.generations - r.cached
-                                       for r in [*final.values(), *baseline.values()])},
+        "final_run": {"rows": sum(len(r.rows) for r in final_results),
+                      "generated": sum(r.generations - r.cached for r in final_results)},
         "model_loads": model_loads,  # per engine; above 1 where Ray restarted a dead engine
         "search_engines": engines,
         "wall_seconds": round(wall, 1),
