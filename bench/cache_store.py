@@ -28,12 +28,12 @@ STORES = ("jsonl", "sqlite", "sqlite-full")
 
 def store_class(kind: str) -> Any:
     if kind == "jsonl":
-        source = subprocess.check_output(["git", "show", f"{OLD}:pipelines/cache.py"],
+        source = subprocess.check_output(["git", "show", f"{OLD}:pipelines/engine/cache.py"],
                                          cwd=REPO, text=True)
         namespace: dict[str, Any] = {"__name__": "old_cache"}
         exec(compile(source, "old_cache.py", "exec"), namespace)
         return namespace["GenerationCache"]
-    from promptsearch.pipelines.cache import GenerationCache
+    from promptsearch.pipelines.engine.cache import GenerationCache
 
     if kind == "sqlite":
         return GenerationCache
@@ -47,7 +47,7 @@ def store_class(kind: str) -> Any:
 
 
 def key(i: int) -> str:
-    from promptsearch.pipelines.cache import generation_key
+    from promptsearch.pipelines.engine.cache import generation_key
 
     return generation_key({"model": "bench"}, [i, i + 1, i + 2], "{}")
 

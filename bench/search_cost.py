@@ -40,7 +40,7 @@ def sample_candidates(task: Any, space: Any, n: int, seed: int) -> list[dict[str
     """The baseline, then distinct configurations drawn uniformly from the space."""
     import optuna
 
-    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.prompting.config import PromptConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -69,10 +69,10 @@ def main() -> None:
     import ray
     import yaml
 
+    from promptsearch.pipelines.data.taskdata import load_task_data
+    from promptsearch.pipelines.engine.pool import EnginePool
     from promptsearch.pipelines.evaluate import evaluate
-    from promptsearch.pipelines.pool import EnginePool
-    from promptsearch.pipelines.prompts import demo_pool
-    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.prompting.prompts import demo_pool
     from promptsearch.pipelines.tasks import load_task
     from promptsearch.search.driver import PromptSearch
     from promptsearch.search.space import SearchSpace

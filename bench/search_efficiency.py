@@ -39,7 +39,7 @@ WORKLOADS = {
 
 def empty_cache() -> Path:
     """A new PROMPTSEARCH_CACHE with the prepared models linked in."""
-    from promptsearch.pipelines.models import cache_dir
+    from promptsearch.pipelines.engine.models import cache_dir
 
     directory = Path(tempfile.mkdtemp(prefix="efficiency-cache-"))
     (directory / "models").symlink_to(cache_dir() / "models")
@@ -121,7 +121,7 @@ def main() -> None:
 
     import ray
 
-    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.pipelines.engine.pool import EnginePool
 
     work = Path(tempfile.mkdtemp(prefix="efficiency-"))
     ray.init(num_cpus=2 if args.engines is None else None, include_dashboard=False,

@@ -150,8 +150,8 @@ def ramp_levels(max_concurrency: int) -> list[int]:
 
 def task_bodies(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     """The run's task and one request body per validation and test row of its own data."""
-    from promptsearch.pipelines.readers import read_yaml
-    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.data.readers import read_yaml
+    from promptsearch.pipelines.data.taskdata import load_task_data
     from promptsearch.pipelines.tasks import load_task
 
     spec = read_yaml(run_dir / "run.yaml")
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "over_capacity": {**asdict(above), "vs_concurrency_1": above.requests_per_s / base},
         "after": asdict(after), "stop": stopped, "checks": checks, "pass": all(checks.values()),
     }
-    from promptsearch.pipelines.writers import write_json
+    from promptsearch.pipelines.data.writers import write_json
 
     write_json(args.out, report)
     for name, passed in checks.items():

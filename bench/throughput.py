@@ -62,7 +62,7 @@ class Watch(threading.Thread):
 def make_prompts(path: Path, n: int) -> tuple[list[str], list[str]]:
     """The first ``n`` questions, and 4 warm-up prompts from the end of the file (no shared
     context, so the warm-up leaves nothing in the prefix cache for the timed batch)."""
-    from promptsearch.pipelines.datasets import load_jsquad
+    from promptsearch.pipelines.data.datasets import load_jsquad
 
     rows = load_jsquad(path)
     if n + 4 > len(rows):
@@ -82,7 +82,7 @@ def way_a(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int
     os.environ.update(CPU_ENV)
     from vllm import LLM
 
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.engine.sampling import Sampling
 
     params = Sampling(max_tokens=max_tokens).to_vllm()
     t0 = time.perf_counter()
@@ -102,8 +102,8 @@ def way_a(model_dir: str, prompts: list[str], warmup: list[str], max_tokens: int
 
 def way_b(model: str, prompts: list[str], warmup: list[str], max_tokens: int,
           pool_kwargs: dict[str, Any]) -> dict:
-    from promptsearch.pipelines.pool import EnginePool
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.engine.pool import EnginePool
+    from promptsearch.pipelines.engine.sampling import Sampling
 
     sampling = Sampling(max_tokens=max_tokens)
     t0 = time.perf_counter()
@@ -214,7 +214,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-    from promptsearch.pipelines.models import resolve_model
+    from promptsearch.pipelines.engine.models import resolve_model
 
     model_dir = resolve_model(args.model)
     prompts, warmup = make_prompts(args.jsquad, args.n)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from promptsearch.pipelines.engine import Generation
+from promptsearch.pipelines.data.rows import output_row
+from promptsearch.pipelines.engine.actor import Generation
+from promptsearch.pipelines.engine.pool import Request
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.pool import Request
-from promptsearch.pipelines.render import render_template, template_fields
+from promptsearch.pipelines.prompting.render import render_template, template_fields
 
 
 def build_requests(
@@ -57,18 +58,7 @@ def build_requests(
     return requests
 
 
-def generation_columns(gen: Generation) -> dict[str, Any]:
-    return {
-        "output": gen.text,
-        "prompt_tokens": gen.prompt_tokens,
-        "output_tokens": gen.output_tokens,
-        "finish_reason": gen.finish_reason,
-        "seconds": round(gen.seconds, 4),
-        "error": gen.error,
-    }
-
-
 def output_rows(records: Sequence[dict[str, Any]],
                 gens: Sequence[Generation]) -> list[dict[str, Any]]:
     """The input columns followed by the generation's columns, row by row."""
-    return [{**row, **generation_columns(gen)} for row, gen in zip(records, gens, strict=True)]
+    return [output_row(row, gen) for row, gen in zip(records, gens, strict=True)]

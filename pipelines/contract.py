@@ -83,7 +83,7 @@ def validate_contract(model: type[ModelT], data: Any, *, where: str) -> ModelT:
 
 def load_contract(model: type[ModelT], path: str | Path) -> ModelT:
     """Read a YAML file (aliases bounded, syntax errors located) and validate it."""
-    from promptsearch.pipelines.readers import read_yaml
+    from promptsearch.pipelines.data.readers import read_yaml
 
     return validate_contract(model, read_yaml(path), where=str(path))
 

@@ -9,11 +9,12 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from promptsearch.pipelines.config import PromptConfig
-from promptsearch.pipelines.engine import Generation
+from promptsearch.pipelines.data.rows import output_row
+from promptsearch.pipelines.engine.actor import Generation
+from promptsearch.pipelines.engine.pool import EnginePool, Progress
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.pool import EnginePool, Progress
-from promptsearch.pipelines.prompts import render_requests
+from promptsearch.pipelines.prompting.config import PromptConfig
+from promptsearch.pipelines.prompting.prompts import render_requests
 from promptsearch.pipelines.tasks import Task
 
 if TYPE_CHECKING:
@@ -158,15 +159,9 @@ def _results(task: Task, jobs: Sequence[EvalJob], gens: Sequence[Generation],
 def _result(task: Task, config: PromptConfig, examples: Sequence[Example],
             gens: Sequence[Generation], seconds: float) -> EvalResult:
     _raise_on_failed_rows(task, examples, gens)
-    outputs = [task.read_answer(g.text, config.parse, example)
-               for g, example in zip(gens, examples, strict=True)]
-    rows = []
-    for example, gen, output in zip(examples, gens, outputs, strict=True):
-        rows.append({"id": task.example_id(example),
-                     **{f: example.get(f) for f in task.input_fields},
-                     "output": output, "raw_output": gen.text,
-                     "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens,
-                     "finish_reason": gen.finish_reason})
+    rows = [output_row(example, gen, task=task, config=config)
+            for example, gen in zip(examples, gens, strict=True)]
+    outputs = [row["output"] for row in rows]
     metrics: dict[str, float] = {}
     if has_references(task, examples):
         per_row, metrics = score_rows(task, examples, outputs)

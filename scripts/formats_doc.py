@@ -25,7 +25,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 
 def formats() -> list[tuple[str, str, type[BaseModel], str]]:
     """(file, title, model, where it is used) of every documented format, in page order."""
-    from promptsearch.pipelines.config import PromptConfigFile
+    from promptsearch.pipelines.prompting.config import PromptConfigFile
     from promptsearch.search.compare import RatingRow, SheetKey
     from promptsearch.search.space import SpaceFile
     from promptsearch.search.spec import RunSpec

@@ -60,7 +60,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Convert again even if prepared.")
 def models(prepare: tuple[str, ...], force: bool) -> None:
     """List the embedded models and whether each is prepared."""
-    from promptsearch.pipelines.models import DEFAULT_MODEL, EMBEDDED_MODELS, prepare_model
+    from promptsearch.pipelines.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, prepare_model
 
     names = list(EMBEDDED_MODELS) if "all" in prepare else list(prepare)
     for name in names:
@@ -115,14 +115,14 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
     --seed), so after a Ctrl-C or a failure the same command continues where it stopped.
     """
     from promptsearch.pipelines.batch import build_requests, output_rows
-    from promptsearch.pipelines.readers import read_records, read_utf8
-    from promptsearch.pipelines.sampling import Sampling, decode_stop
-    from promptsearch.pipelines.writers import (
+    from promptsearch.pipelines.data.readers import read_records, read_utf8
+    from promptsearch.pipelines.data.writers import (
         input_files,
         refuse_overwrite,
         table_paths,
         write_table,
     )
+    from promptsearch.pipelines.engine.sampling import Sampling, decode_stop
     from promptsearch.search.progress import ProgressLine
 
     if template_file is not None:
@@ -228,10 +228,10 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
     """Score a file of predictions; prints the metrics as one JSON object."""
     import json
 
+    from promptsearch.pipelines.data.predictions import match_predictions, per_row_records
+    from promptsearch.pipelines.data.writers import input_files, refuse_overwrite, write_jsonl
     from promptsearch.pipelines.evaluate import score_rows
-    from promptsearch.pipelines.predictions import match_predictions, per_row_records
     from promptsearch.pipelines.tasks import load_task
-    from promptsearch.pipelines.writers import input_files, refuse_overwrite, write_jsonl
 
     if per_row is not None:
         refuse_overwrite([per_row], inputs=input_files(predictions, references),
@@ -273,19 +273,19 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     """
     import json
 
-    from promptsearch.pipelines.config import PromptConfig
-    from promptsearch.pipelines.evaluate import evaluate
-    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
-    from promptsearch.pipelines.prompts import demo_pool
-    from promptsearch.pipelines.taskdata import load_task_data
-    from promptsearch.pipelines.tasks import load_task
-    from promptsearch.pipelines.writers import (
+    from promptsearch.pipelines.data.taskdata import load_task_data
+    from promptsearch.pipelines.data.writers import (
         input_files,
         refuse_overwrite,
         table_paths,
         write_json,
         write_table,
     )
+    from promptsearch.pipelines.evaluate import evaluate
+    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
+    from promptsearch.pipelines.prompting.config import PromptConfig
+    from promptsearch.pipelines.prompting.prompts import demo_pool
+    from promptsearch.pipelines.tasks import load_task
     from promptsearch.search.progress import ProgressLine
     from promptsearch.search.run import check_config_fits, load_tokenizer
 
@@ -375,7 +375,7 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
         resume: Path | None, judge: str | None, judge_url: str | None,
         judge_model: str | None, **engine: Any) -> None:
     """Search prompt configurations on validation, then run the best one on test."""
-    from promptsearch.pipelines.writers import input_files
+    from promptsearch.pipelines.data.writers import input_files
     from promptsearch.search.run import RunSpec, execute_run, plan_run, prepare_run_dir
 
     if resume is not None:
@@ -592,8 +592,8 @@ def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: in
     """Serve a finished run's best configuration over HTTP with Ray Serve."""
     import signal
 
-    from promptsearch.pipelines.config import PromptConfig
-    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.pipelines.engine.pool import EnginePool
+    from promptsearch.pipelines.prompting.config import PromptConfig
     from promptsearch.search.runtime import init_ray
     from promptsearch.search.spec import check_run_inputs
     from promptsearch.serve.app import ServeLimits, build_app, checked_auth_token

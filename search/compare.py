@@ -1,7 +1,7 @@
 """``promptsearch compare``: two runs (or a run's baseline and best) side by side.
 
 - the task's metric, best - baseline or run A - run B, recomputed from the saved outputs with
-  a paired bootstrap interval (``pipelines/stats.py``);
+  a paired bootstrap interval (``pipelines/metrics/stats.py``);
 - a blind sheet for people (``--sheet DIR``): ``sheet.html`` (self-contained) and
   ``sheet.csv`` show each row's input and the two answers as A and B, sides shuffled per row
   by the seed; which system is A on each row is only in ``key.json``, which raters must not
@@ -24,15 +24,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from promptsearch.pipelines.data.writers import write_text
 from promptsearch.pipelines.errors import UserError, one_line
-from promptsearch.pipelines.stats import (
+from promptsearch.pipelines.metrics.stats import (
     Interval,
     Outcome,
     WinTieLoss,
     metric_difference,
     win_tie_loss,
 )
-from promptsearch.pipelines.writers import write_text
 
 SHEET_FILES = ("sheet.html", "sheet.csv", "key.json")
 KEY_FORMAT = "promptsearch-blind-sheet-key/1"
@@ -100,7 +100,7 @@ class Side:
 def load_side(run_dir: Path, answers: Literal["best", "baseline"], split: str) -> Side:
     """A finished run's best (``predictions/SPLIT.jsonl``) or baseline
     (``predictions/baseline/SPLIT.jsonl``) answers."""
-    from promptsearch.pipelines.readers import read_records
+    from promptsearch.pipelines.data.readers import read_records
 
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
@@ -288,7 +288,7 @@ def _html_page(rows: Sequence[RatingRow]) -> str:
 
 
 def read_key(path: Path) -> SheetKey:
-    from promptsearch.pipelines.readers import check_file, read_utf8
+    from promptsearch.pipelines.data.readers import check_file, read_utf8
 
     check_file(path)
     try:
@@ -303,7 +303,7 @@ def read_key(path: Path) -> SheetKey:
 def read_ratings(path: Path, key: SheetKey, *, key_path: Path) -> list[Outcome]:
     """The filled sheet's verdicts as outcomes for the key's first system, one per row in
     sheet order. Every problem is one error naming the file and line."""
-    from promptsearch.pipelines.readers import check_file, read_utf8
+    from promptsearch.pipelines.data.readers import check_file, read_utf8
 
     check_file(path)
     reader = csv.reader(io.StringIO(read_utf8(path), newline=""))

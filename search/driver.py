@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.config import PromptConfig
+from promptsearch.pipelines.engine.pool import EnginePool
 from promptsearch.pipelines.errors import UserError, last_line
-from promptsearch.pipelines.pool import EnginePool
+from promptsearch.pipelines.prompting.config import PromptConfig
 from promptsearch.pipelines.tasks import Task
 from promptsearch.search.evaluator import FinalRows, start_evaluator
 from promptsearch.search.halving import SyncHalvingScheduler, bracket_size, milestones

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from promptsearch.pipelines.data.writers import atomic_path
+from promptsearch.pipelines.engine.pool import EnginePool
 from promptsearch.pipelines.evaluate import EvalJob, EvalResult, evaluate_many_async
 from promptsearch.pipelines.judge import Judge, JudgeCost
-from promptsearch.pipelines.pool import EnginePool
 from promptsearch.pipelines.tasks import load_task
-from promptsearch.pipelines.writers import atomic_path
 from promptsearch.search.space import SearchSpace
 
 
@@ -173,7 +173,7 @@ def start_evaluator(task_name: str, space: SearchSpace, chunks: Sequence[Sequenc
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from promptsearch.pipelines.telemetry import actor_name
+    from promptsearch.pipelines.engine.telemetry import actor_name
 
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(TrialEvaluator).options(

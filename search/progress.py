@@ -1,5 +1,5 @@
 """Live progress: a line on stderr for long generations and per trial report, mirrored as
-metrics (``pipelines/telemetry.py``) for the Ray dashboard and Grafana."""
+metrics (``pipelines/engine/telemetry.py``) for the Ray dashboard and Grafana."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from promptsearch.pipelines import telemetry
+from promptsearch.pipelines.engine import telemetry
 
 
 class ProgressLine:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from promptsearch.pipelines.writers import atomic_path, write_text
+from promptsearch.pipelines.data.writers import atomic_path, write_text
 from promptsearch.search.driver import SearchResult, TrialRecord
 
 log = logging.getLogger(__name__)

@@ -31,15 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.evaluate import EvalJob, EvalResult, evaluate_many
-from promptsearch.pipelines.judge import JUDGE_PROMPT_VERSION
-from promptsearch.pipelines.judge.setup import check_judge, check_judge_options, open_judge
-from promptsearch.pipelines.pool import EnginePool
-from promptsearch.pipelines.prompts import demo_pool
-from promptsearch.pipelines.taskdata import TaskData, load_task_data
-from promptsearch.pipelines.tasks import TASK_DIR, load_task
-from promptsearch.pipelines.writers import (
+from promptsearch.pipelines.data.taskdata import TaskData, load_task_data
+from promptsearch.pipelines.data.writers import (
     remove_stale_temporaries,
     write_json,
     write_jsonl,
@@ -47,6 +40,13 @@ from promptsearch.pipelines.writers import (
     write_table,
     write_text,
 )
+from promptsearch.pipelines.engine.pool import EnginePool
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.evaluate import EvalJob, EvalResult, evaluate_many
+from promptsearch.pipelines.judge import JUDGE_PROMPT_VERSION
+from promptsearch.pipelines.judge.setup import check_judge, check_judge_options, open_judge
+from promptsearch.pipelines.prompting.prompts import demo_pool
+from promptsearch.pipelines.tasks import TASK_DIR, load_task
 from promptsearch.search.driver import PromptSearch, SearchResult
 from promptsearch.search.halving import planned_chunk_runs
 from promptsearch.search.report import write_interval_plot, write_plots, write_report
@@ -79,7 +79,7 @@ _RUN_SUBDIRS = ("predictions/baseline", "predictions")
 def run_outputs(run_dir: Path) -> list[Path]:
     """The files and directories of a previous run present in ``run_dir``, temporaries of a
     killed writer included."""
-    from promptsearch.pipelines.writers import stale_temporaries
+    from promptsearch.pipelines.data.writers import stale_temporaries
 
     found = [run_dir / name for name in (*RUN_FILES, *RUN_DIRS) if (run_dir / name).exists()
              or (run_dir / name).is_symlink()]
@@ -95,7 +95,7 @@ def prepare_run_dir(out: Path | None, task: str, *, force: bool,
     refuses if one of them has the name of a file the run writes. Neither ever deletes one of
     the run's ``inputs``. A mistyped ``--out . --force`` costs nothing.
     """
-    from promptsearch.pipelines.writers import same_file
+    from promptsearch.pipelines.data.writers import same_file
 
     run_dir = out or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_dir.exists() and not run_dir.is_dir():
@@ -246,7 +246,7 @@ def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
         engines = _engine_use(pool.engine_stats(), time.perf_counter() - search_start)
         # One stream for the engines: best and baseline, each on validation and test. The
         # baseline runs on every validation row (the search may have pruned it after one
-        # chunk) so that best - baseline is compared row by row (``pipelines/stats.py``).
+        # chunk) so that best - baseline is compared row by row (``pipelines/metrics/stats.py``).
         jobs = [EvalJob(config, split) for config in (result.best_config, result.baseline_config)
                 for split in (data.validation, data.test)]
         rows = sum(len(job.examples) for job in jobs)
@@ -322,9 +322,9 @@ def _engine_pool(spec: RunSpec, pool: EnginePool | None) -> Iterator[EnginePool]
 def load_tokenizer(model: str) -> Any:
     """``--model``'s tokenizer on the driver, to check it and size prompts before any engine
     starts (the pool reuses it: same resolved path, same process cache)."""
+    from promptsearch.pipelines.engine.models import resolve_model
+    from promptsearch.pipelines.engine.pool import _load_tokenizer
     from promptsearch.pipelines.errors import one_line
-    from promptsearch.pipelines.models import resolve_model
-    from promptsearch.pipelines.pool import _load_tokenizer
 
     resolved = resolve_model(model)
     try:
@@ -336,7 +336,7 @@ def load_tokenizer(model: str) -> Any:
 
 def count_tokens(tokenizer: Any, requests: list[Any]) -> list[int]:
     """Prompt tokens as the engine will see them."""
-    from promptsearch.pipelines.pool import prompt_token_ids
+    from promptsearch.pipelines.engine.pool import prompt_token_ids
 
     return [len(ids) for ids in prompt_token_ids(tokenizer, requests)]
 
@@ -350,8 +350,8 @@ def check_prompts_fit(task: Any, space: SearchSpace, examples: list[dict[str, An
     largest k and the longest demos, plus the largest max_tokens. Rendering each template
     here also surfaces a template error before any trial.
     """
-    from promptsearch.pipelines.config import FewShot
-    from promptsearch.pipelines.prompts import render_requests
+    from promptsearch.pipelines.prompting.config import FewShot
+    from promptsearch.pipelines.prompting.prompts import render_requests
 
     k, max_tokens = max(space.k), max(space.max_tokens)
     demos = _longest_first(task, fewshot)
@@ -382,7 +382,7 @@ def check_config_fits(task: Any, config: Any, examples: list[dict[str, Any]],
                       where: str) -> None:
     """Every prompt of one configuration (its own demos per example) must fit the context
     with room for ``max_tokens``: ``eval``'s check, made before any engine starts."""
-    from promptsearch.pipelines.prompts import render_requests
+    from promptsearch.pipelines.prompting.prompts import render_requests
 
     counts = count_tokens(tokenizer, render_requests(task, config, examples, fewshot))
     worst = max(range(len(examples)), key=counts.__getitem__)
@@ -475,7 +475,7 @@ def best_minus_baseline(task: Any, metric: str, best: EvalResult, baseline: Eval
                         seed: int) -> dict[str, Any] | None:
     """Paired bootstrap interval of best - baseline on ``metric`` from the per-row scores
     (``summary.json``'s ``best_minus_baseline``); None where the split has no references."""
-    from promptsearch.pipelines.stats import metric_difference
+    from promptsearch.pipelines.metrics.stats import metric_difference
 
     if metric not in best.metrics or metric not in baseline.metrics:
         return None

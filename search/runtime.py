@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from promptsearch.pipelines.models import DEFAULT_MODEL
+from promptsearch.pipelines.engine.models import DEFAULT_MODEL
 
 log = logging.getLogger("promptsearch")
 
@@ -72,8 +72,8 @@ def engine_pool(model: str, engines: int | None, cpus_per_engine: int, tensor_pa
                 cache: bool = False) -> Iterator[Any]:
     """Start Ray and the pool; always shut the engines down, Ctrl-C included. ``cache``:
     use the generation cache under ``PROMPTSEARCH_CACHE``."""
-    from promptsearch.pipelines.models import resolve_model
-    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.pipelines.engine.models import resolve_model
+    from promptsearch.pipelines.engine.pool import EnginePool
 
     resolve_model(model)  # a bad --model fails here, before Ray starts
     init_ray(verbose=verbose)

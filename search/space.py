@@ -15,12 +15,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from promptsearch.pipelines.config import FewShot, PromptConfig, check_template
 from promptsearch.pipelines.contract import Contract, check_known, load_contract
-from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
-from promptsearch.pipelines.parsing import PARSERS
-from promptsearch.pipelines.sampling import (
+from promptsearch.pipelines.engine.sampling import (
     MaxTokens,
     RepetitionPenalty,
     Sampling,
@@ -28,6 +24,10 @@ from promptsearch.pipelines.sampling import (
     Temperature,
     TopP,
 )
+from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.prompting.config import FewShot, PromptConfig, check_template
+from promptsearch.pipelines.prompting.fewshot import ORDERS, SELECTORS
+from promptsearch.pipelines.prompting.parsing import PARSERS
 from promptsearch.pipelines.tasks import TASK_DIR, PromptTemplate, Task
 
 T = TypeVar("T")

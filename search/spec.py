@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, StrictStr, model_validator
 
 from promptsearch.pipelines.contract import Contract, load_contract
+from promptsearch.pipelines.engine.models import DEFAULT_MODEL, file_sha256
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.models import DEFAULT_MODEL, file_sha256
 
 __all__ = ["Fingerprints", "RunSpec", "check_run_inputs", "input_fingerprints", "load_run_spec"]
 
@@ -106,7 +106,7 @@ class RunSpec(Contract):
     def save(self, run_dir: Path) -> None:
         import yaml
 
-        from promptsearch.pipelines.writers import write_text
+        from promptsearch.pipelines.data.writers import write_text
 
         data = self.model_dump(exclude_none=False)
         if self.fingerprints is None:
@@ -147,7 +147,7 @@ def data_files(spec: RunSpec) -> dict[str, Path]:
 
 def input_fingerprints(spec: RunSpec) -> Fingerprints:
     """Fingerprints of the run's data files and model, as they are now."""
-    from promptsearch.pipelines.models import model_fingerprint, resolve_model
+    from promptsearch.pipelines.engine.models import model_fingerprint, resolve_model
 
     data = {name: file_sha256(path) for name, path in data_files(spec).items()}
     return Fingerprints(data=data, model=model_fingerprint(spec.model, resolve_model(spec.model)))
@@ -183,7 +183,7 @@ def check_run_inputs(run_dir: Path, *, data: bool = True) -> RunSpec:
     spec = load_run_spec(Path(run_dir))
     current = None
     if not data and spec.fingerprints is not None:
-        from promptsearch.pipelines.models import model_fingerprint, resolve_model
+        from promptsearch.pipelines.engine.models import model_fingerprint, resolve_model
 
         current = Fingerprints(data=spec.fingerprints.data,
                                model=model_fingerprint(spec.model, resolve_model(spec.model)))

@@ -32,13 +32,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from promptsearch.pipelines.config import PromptConfig
+from promptsearch.pipelines.data.readers import read_records
+from promptsearch.pipelines.data.rows import output_row
+from promptsearch.pipelines.data.taskdata import load_task_data
+from promptsearch.pipelines.engine.pool import EnginePool, Generation
+from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.pool import EnginePool, Generation
-from promptsearch.pipelines.prompts import demo_pool, render_requests
-from promptsearch.pipelines.readers import read_records
-from promptsearch.pipelines.sampling import Sampling
-from promptsearch.pipelines.taskdata import load_task_data
+from promptsearch.pipelines.prompting.config import PromptConfig
+from promptsearch.pipelines.prompting.prompts import demo_pool, render_requests
 from promptsearch.pipelines.tasks import load_task
 from promptsearch.search.spec import load_run_spec
 from promptsearch.serve.bodies import ChatRequest, input_models, read_json, validate
@@ -298,11 +299,11 @@ class PromptService:
                              self.task.id_field: "" if item.id is None else str(item.id)})
         requests = render_requests(self.task, self.config, examples, self.fewshot)
         gens = await self._generate(requests, self.config.sampling)
-        results = [{"id": example[self.task.id_field] or None,
-                    "output": self.task.read_answer(gen.text, self.config.parse, example),
-                    "raw_output": gen.text, "prompt_tokens": gen.prompt_tokens,
-                    "output_tokens": gen.output_tokens, "finish_reason": gen.finish_reason}
-                   for example, gen in zip(examples, gens, strict=True)]
+        results = []
+        for example, gen in zip(examples, gens, strict=True):
+            row = output_row(example, gen, task=self.task, config=self.config)
+            results.append({**{k: v for k, v in row.items() if k not in self.task.input_fields},
+                            "id": row["id"] or None})
         return {"results": results} if batch else results[0]
 
     async def chat_completions(self, request: Request) -> dict[str, Any]:

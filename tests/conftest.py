@@ -65,7 +65,7 @@ def pool(ray_session: None) -> Iterator[object]:
     --max-model-len up to 4096) uses a view of it: the same engines, the command's own
     generation cache (read from PROMPTSEARCH_CACHE when the command starts) and context check.
     """
-    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.pipelines.engine.pool import EnginePool
     from promptsearch.search.runtime import shared_engines
 
     with EnginePool(SESSION_MODEL, engines=2, max_model_len=SESSION_MAX_MODEL_LEN) as p, \
@@ -138,7 +138,7 @@ def _refuse_engine(self: object, index: int) -> object:
 def _no_engines() -> Iterator[None]:
     """For tests not marked ``engine``: the session pool is not shared with the command, and
     an engine it starts fails at once instead of loading a model for a minute."""
-    from promptsearch.pipelines.pool import EnginePool
+    from promptsearch.pipelines.engine.pool import EnginePool
     from promptsearch.search.runtime import shared_engines
 
     with shared_engines(None), pytest.MonkeyPatch.context() as mp:

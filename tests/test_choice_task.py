@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from promptsearch.pipelines.data.taskdata import load_examples, load_task_data
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.evaluate import score_rows
 from promptsearch.pipelines.metrics import METRICS, get_metric, register_metric
-from promptsearch.pipelines.parsing import pick_choice
-from promptsearch.pipelines.taskdata import load_examples, load_task_data
+from promptsearch.pipelines.prompting.parsing import pick_choice
 from promptsearch.pipelines.tasks import TASK_DIR, TASK_NAMES, load_task
 from promptsearch.pipelines.tasks.task import load_task_file
 from tests.conftest import run_cli

@@ -140,12 +140,12 @@ def test_greedy_outputs_are_identical_across_runs(pool, tmp_path: Path) -> None:
     outputs; the input is Parquet with a prompt column."""
     import pyarrow as pa
 
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.engine.sampling import Sampling
     from tests.test_engine_pool import PROMPTS, assert_same_greedy
 
     pq.write_table(pa.table({"id": list(range(len(PROMPTS))), "text": PROMPTS}),
                    tmp_path / "in.parquet")
-    from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+    from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 
     cache = tmp_path / "cache"  # empty: the outputs must come from that run's own engine
     cache.mkdir()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines.writers import write_jsonl
+from promptsearch.pipelines.data.writers import write_jsonl
 from tests.conftest import JSQUAD, REPO, run_cli
 
 DATA = REPO / "pipelines/tasks/data"

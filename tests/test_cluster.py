@@ -110,7 +110,7 @@ def test_local_provider_up_job_down(outer_ray: dict[int, str], tmp_path: Path) -
     """The on-premise config really runs: `ray up` over SSH, a search as a Ray job, `ray down`."""
     import ray
 
-    from promptsearch.pipelines.models import prepare_model
+    from promptsearch.pipelines.engine.models import prepare_model
 
     # Short paths: Ray's Unix sockets live under RAY_TMPDIR and must stay under 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="ps-node-"))

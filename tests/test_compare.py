@@ -1,4 +1,4 @@
-"""How sure a comparison is (``pipelines/stats.py``) and ``promptsearch compare``: the metric
+"""How sure a comparison is (``pipelines/metrics/stats.py``) and ``promptsearch compare``: the metric
 with its interval from saved outputs, the blind sheet for people and its ratings read back.
 
 No engine: the runs compared are small run directories built here the way ``promptsearch
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptsearch.pipelines.stats import (
+from promptsearch.pipelines.metrics.stats import (
     metric_difference,
     paired_bootstrap,
     paired_bootstrap_statistic,

@@ -243,7 +243,7 @@ def test_custom_template_answer_null_names_the_field(tmp_path: Path) -> None:
 # -- the models themselves -----------------------------------------------------------------------
 
 def test_a_config_round_trips_and_replace_validates(tmp_path: Path) -> None:
-    from promptsearch.pipelines.config import FewShot, PromptConfig
+    from promptsearch.pipelines.prompting.config import FewShot, PromptConfig
     from promptsearch.pipelines.tasks import load_task
 
     task = load_task("qa")
@@ -258,7 +258,7 @@ def test_a_config_round_trips_and_replace_validates(tmp_path: Path) -> None:
 
 
 def test_partial_sampling_in_best_yaml_keeps_the_tasks_other_defaults(tmp_path: Path) -> None:
-    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.prompting.config import PromptConfig
     from promptsearch.pipelines.tasks import load_task
 
     path = tmp_path / "best.yaml"
@@ -326,7 +326,7 @@ def test_run_options_have_the_same_ranges_as_run_yaml() -> None:
 
 
 def test_generate_options_have_the_same_ranges_as_sampling() -> None:
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.engine.sampling import Sampling
     from promptsearch.search.cli import generate
 
     for param in generate.params:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines import writers
-from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+from promptsearch.pipelines.data import writers
+from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 from tests.conftest import REPO, run_cli
 
 QA_DIR = REPO / "pipelines/tasks/data/qa"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines.datasets import (
+from promptsearch.pipelines.data.datasets import (
     decode_answers,
     decode_instructions,
     load_hf_dataset,
@@ -17,8 +17,8 @@ from promptsearch.pipelines.datasets import (
     load_table,
     split_records,
 )
+from promptsearch.pipelines.data.readers import read_records
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.readers import read_records
 
 JSQUAD = Path(__file__).resolve().parents[2] / "shared/data/jsquad/valid-v1.3.json"
 
@@ -453,7 +453,7 @@ def test_load_hf_dataset_without_datasets_package(monkeypatch: pytest.MonkeyPatc
 
 
 def test_hub_rows_get_the_field_map_and_squad_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from promptsearch.pipelines import taskdata
+    from promptsearch.pipelines.data import taskdata
     from promptsearch.pipelines.tasks import load_task
 
     hub_rows = [{"id": f"q{i}", "context": "東京は日本の首都です。", "query": "日本の首都は？",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.engine.sampling import Sampling
 from tests.conftest import engine_core_pids
 
 PROMPTS = [

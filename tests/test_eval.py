@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines.config import FewShot, PromptConfig
+from promptsearch.pipelines.data.taskdata import load_task_data
+from promptsearch.pipelines.data.writers import write_table
 from promptsearch.pipelines.evaluate import evaluate, is_judged
-from promptsearch.pipelines.taskdata import load_task_data
+from promptsearch.pipelines.prompting.config import FewShot, PromptConfig
 from promptsearch.pipelines.tasks import TASK_NAMES, load_task
-from promptsearch.pipelines.writers import write_table
 from tests.conftest import JSQUAD, run_cli
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 from tests.conftest import REPO, engine_core_pids, run_cli
 
 pytestmark = pytest.mark.engine

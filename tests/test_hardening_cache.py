@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines import cache as cache_module
-from promptsearch.pipelines.cache import DB_NAME, GenerationCache, generation_key
+from promptsearch.pipelines.engine import cache as cache_module
+from promptsearch.pipelines.engine.cache import DB_NAME, GenerationCache, generation_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_committed_entries_survive_sigkill(tmp_path: Path) -> None:
     """put_many returned => the entries are on disk, even if the process dies at once."""
     script = textwrap.dedent(f"""
         import os, signal
-        from promptsearch.pipelines.cache import GenerationCache, generation_key
+        from promptsearch.pipelines.engine.cache import GenerationCache, generation_key
         cache = GenerationCache({str(tmp_path)!r})
         for i in range(50):
             cache.put_many([(generation_key({{"model": "m"}}, [i], "{{}}"),

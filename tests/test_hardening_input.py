@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from promptsearch.pipelines.engine import Generation, _claim_cores
+from promptsearch.pipelines.data.readers import read_yaml
+from promptsearch.pipelines.engine.actor import Generation, _claim_cores
+from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.ifeval import content
 from promptsearch.pipelines.ifeval import format as fmt
-from promptsearch.pipelines.readers import read_yaml
-from promptsearch.pipelines.sampling import Sampling
 from promptsearch.search import cli
 
 # -- YAML aliases ---------------------------------------------------------------------------

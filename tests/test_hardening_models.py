@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines import models
+from promptsearch.pipelines.engine import models
+from promptsearch.pipelines.engine.models import EMBEDDED_MODELS, EmbeddedModel, model_fingerprint
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.models import EMBEDDED_MODELS, EmbeddedModel, model_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.render import render_template
+from promptsearch.pipelines.prompting.render import render_template
 
 FIELDS = {"id": "q-7", "question": "質問"}
 NS_LOOP = "{% set ns = namespace(v=START) %}{% for i in range(70) %}{% set ns.v = STEP %}" \

@@ -267,7 +267,7 @@ def test_run_with_a_judge_that_never_grades_stops_before_any_engine(
 # -- the `open` task and its data -----------------------------------------------------------
 
 def test_open_task_data_and_elyza_columns(tmp_path: Path) -> None:
-    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.data.taskdata import load_task_data
     from promptsearch.pipelines.tasks import load_task
 
     task = load_task("open")
@@ -377,8 +377,8 @@ def test_vllm_openai_server_with_a_real_chat_model(tmp_path: Path) -> None:
     """vLLM's own OpenAI-compatible server with SmolLM2-135M-Instruct: the client reads its
     replies over real HTTP, the cache answers a re-run without one request, and a model this
     small, which does not follow the Japanese rubric, is reported as never grading."""
+    from promptsearch.pipelines.engine.models import resolve_model
     from promptsearch.pipelines.judge.setup import check_judge
-    from promptsearch.pipelines.models import resolve_model
 
     model_dir = resolve_model("smollm2-135m-instruct")
     port = free_ports(1)[0]

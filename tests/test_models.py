@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.models import (
+from promptsearch.pipelines.engine.models import (
     EMBEDDED_MODELS,
     MANIFEST,
     model_fingerprint,
     prepare_model,
     resolve_model,
 )
+from promptsearch.pipelines.errors import UserError
 from tests.conftest import run_cli
 
 

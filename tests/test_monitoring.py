@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from promptsearch.pipelines import telemetry
+from promptsearch.pipelines.engine import telemetry
 from tests.conftest import REPO
 
 DASHBOARD = REPO / "monitoring" / "grafana-dashboard.json"
@@ -152,7 +152,7 @@ def _problems(samples: Samples, engines: set[str], trials: list[dict],
 def _keep_engines_busy(pool, stop: threading.Event) -> None:
     """Fresh prompts in a loop, so that the engines' queue-depth gauges are non-zero when Ray
     next exports them (a gauge reads 0 once the engines are idle)."""
-    from promptsearch.pipelines.sampling import Sampling
+    from promptsearch.pipelines.engine.sampling import Sampling
 
     round_ = 0
     while not stop.is_set():

@@ -131,7 +131,7 @@ def _ports_args(ports: list[int]) -> list[str]:
 
 @pytest.mark.engine
 def test_two_nodes_engine_prepares_the_model_on_its_own_node() -> None:
-    from promptsearch.pipelines.models import MANIFEST, prepare_model
+    from promptsearch.pipelines.engine.models import MANIFEST, prepare_model
 
     # Short paths: Ray's Unix sockets live under the temp dir and must stay under 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="ps-mn-"))
@@ -209,7 +209,7 @@ def _two_node_run(work: Path, prepared_here: Path, manifest: str) -> None:
 
 
 def test_a_local_directory_missing_on_the_node_says_where_it_must_be(tmp_path: Path) -> None:
-    from promptsearch.pipelines.models import resolve_on_node
+    from promptsearch.pipelines.engine.models import resolve_on_node
 
     missing = tmp_path / "ckpt"
     with pytest.raises(UserError, match=r"^model directory .*/ckpt does not exist on node "
@@ -219,7 +219,7 @@ def test_a_local_directory_missing_on_the_node_says_where_it_must_be(tmp_path: P
 
 
 def test_a_node_with_other_weights_is_refused(tmp_path: Path) -> None:
-    from promptsearch.pipelines.models import model_fingerprint, resolve_on_node
+    from promptsearch.pipelines.engine.models import model_fingerprint, resolve_on_node
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -234,7 +234,7 @@ def test_a_node_with_other_weights_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_engine_receives_the_model_name_not_the_driver_path() -> None:
-    from promptsearch.pipelines.models import portable_model, prepare_model
+    from promptsearch.pipelines.engine.models import portable_model, prepare_model
 
     local = str(prepare_model(MODEL))
     assert portable_model(MODEL, local) == MODEL  # each node prepares its own copy

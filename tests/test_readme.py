@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 from tests.conftest import REPO
 from tests.test_search import _check_run
 

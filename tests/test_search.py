@@ -39,7 +39,7 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     metric = summary["metric"]
     # The run keeps the demos it drew from: every one carries an answer (what serve reads).
-    from promptsearch.pipelines.readers import read_records
+    from promptsearch.pipelines.data.readers import read_records
     from promptsearch.pipelines.tasks import load_task
 
     demos = read_records(run_dir / "fewshot.jsonl")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from promptsearch.pipelines.models import CACHE_ENV, cache_dir
+from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.engine

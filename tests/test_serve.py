@@ -360,13 +360,13 @@ def test_a_finished_run_serves_from_its_own_directory(tmp_path: Path) -> None:
     neither the data nor its split any more; a run without it still needs its data."""
     import shutil
 
-    from promptsearch.pipelines.config import PromptConfig
+    from promptsearch.pipelines.data.readers import read_records
+    from promptsearch.pipelines.data.taskdata import load_task_data
+    from promptsearch.pipelines.data.writers import write_jsonl
     from promptsearch.pipelines.errors import UserError
-    from promptsearch.pipelines.prompts import demo_pool
-    from promptsearch.pipelines.readers import read_records
-    from promptsearch.pipelines.taskdata import load_task_data
+    from promptsearch.pipelines.prompting.config import PromptConfig
+    from promptsearch.pipelines.prompting.prompts import demo_pool
     from promptsearch.pipelines.tasks import TASK_DIR, load_task
-    from promptsearch.pipelines.writers import write_jsonl
     from promptsearch.search.spec import RunSpec, check_run_inputs, input_fingerprints
     from promptsearch.serve.app import PromptService, ServeLimits
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from promptsearch.pipelines.config import FewShot, PromptConfig
+from promptsearch.pipelines.data.taskdata import load_task_data
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.fewshot import select_demos
-from promptsearch.pipelines.parsing import parse_output
-from promptsearch.pipelines.prompts import render_prompt, render_requests
-from promptsearch.pipelines.render import render_template
-from promptsearch.pipelines.taskdata import load_task_data
+from promptsearch.pipelines.prompting.config import FewShot, PromptConfig
+from promptsearch.pipelines.prompting.fewshot import select_demos
+from promptsearch.pipelines.prompting.parsing import parse_output
+from promptsearch.pipelines.prompting.prompts import render_prompt, render_requests
+from promptsearch.pipelines.prompting.render import render_template
 from promptsearch.pipelines.tasks import TASK_NAMES, load_task
 
 
@@ -148,7 +148,7 @@ def test_missing_data_file_is_not_mistaken_for_a_hub_id() -> None:
      "line 1 (key 1): 'instruction_id_list' is empty; give at least one instruction id"),
 ])
 def test_bad_instruct_rows_name_the_row(tmp_path, row: dict, message: str) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -158,7 +158,7 @@ def test_bad_instruct_rows_name_the_row(tmp_path, row: dict, message: str) -> No
 
 
 def test_bad_qa_rows_and_empty_split_name_the_problem(tmp_path) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"id": "1", "context": "c", "question": "q"}) + "\n")
@@ -219,7 +219,7 @@ LETTERS = "ja:length_constraints:number_letters"
 
 
 def test_instruct_csv_cells_are_json_decoded(tmp_path) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     path = _write_csv(tmp_path / "refs.csv", INSTRUCT_COLUMNS,
                       [7, "300文字以上で", [LETTERS], [{"relation": "以上", "num_letters": 300}]],
@@ -246,7 +246,7 @@ def test_instruct_csv_cells_are_json_decoded(tmp_path) -> None:
 ])
 def test_bad_instruct_csv_cells_name_the_row_and_field(tmp_path, ids: object, kwargs: object,
                                                        message: str) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     kwargs_cell = json.dumps(kwargs, ensure_ascii=False)
     path = _write_csv(tmp_path / "refs.csv", INSTRUCT_COLUMNS, [7, "p", ids, kwargs_cell])
@@ -259,7 +259,7 @@ def test_instruct_parquet_and_field_mapped_jsonl_are_checked(tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     bad = {"key": 7, "prompt": "p", "instruction_id_list": [LETTERS],
            "kwargs": [{"relation": "以上", "num_letters": "六百"}]}
@@ -275,7 +275,7 @@ def test_instruct_parquet_and_field_mapped_jsonl_are_checked(tmp_path) -> None:
 
 
 def test_qa_answers_from_csv_text_and_bad_answers_name_the_row(tmp_path) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     task = load_task("qa")
     path = _write_csv(tmp_path / "qa.csv", ["id", "context", "question", "answers"],
@@ -293,7 +293,7 @@ def test_qa_answers_from_csv_text_and_bad_answers_name_the_row(tmp_path) -> None
 
 
 def test_references_in_prediction_rows_are_decoded_and_checked(tmp_path) -> None:
-    from promptsearch.pipelines.predictions import match_predictions
+    from promptsearch.pipelines.data.predictions import match_predictions
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"id": "a", "output": "東京", "context": "c", "question": "q",
@@ -318,7 +318,7 @@ def test_references_in_prediction_rows_are_decoded_and_checked(tmp_path) -> None
     ("{% extends 'base' %}", "{% extends %}"),
 ])
 def test_template_loading_other_templates_is_refused(source: str, tag: str) -> None:
-    from promptsearch.pipelines.render import compile_template
+    from promptsearch.pipelines.prompting.render import compile_template
 
     with pytest.raises(UserError) as info:
         compile_template(source, name="space.yaml: template 'mine'")
@@ -350,7 +350,7 @@ def test_template_building_something_huge_is_refused_not_hung(source: str) -> No
 
 
 def test_a_number_in_a_text_field_names_the_row_and_field(tmp_path) -> None:
-    from promptsearch.pipelines.taskdata import load_examples
+    from promptsearch.pipelines.data.taskdata import load_examples
 
     path = tmp_path / "s.jsonl"
     path.write_text('{"id": "a", "text": "本文です。", "summary": "要約"}\n'

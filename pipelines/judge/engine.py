@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.judge.base import Judge, JudgeReply
 from promptsearch.pipelines.judge.prompts import JudgePrompt
-from promptsearch.pipelines.sampling import Sampling
 
 CHAT_MAX_TOKENS = 64
 """A chat judge writes the answer line and a one-sentence reason."""

@@ -104,7 +104,7 @@ class HttpJudge(Judge):
 
     def _store(self) -> Any:
         if self._cache is None and self.cache_dir:
-            from promptsearch.pipelines.cache import GenerationCache
+            from promptsearch.pipelines.engine.cache import GenerationCache
 
             self._cache = GenerationCache(self.cache_dir)
         return self._cache

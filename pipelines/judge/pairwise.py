@@ -14,7 +14,7 @@ from typing import Any
 from promptsearch.pipelines.judge.base import Judge, JudgeCost, ask
 from promptsearch.pipelines.judge.parse import parse_winner
 from promptsearch.pipelines.judge.prompts import pair_prompt
-from promptsearch.pipelines.stats import Outcome, WinTieLoss, win_tie_loss
+from promptsearch.pipelines.metrics.stats import Outcome, WinTieLoss, win_tie_loss
 
 
 @dataclass(frozen=True)

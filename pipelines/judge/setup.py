@@ -30,7 +30,7 @@ def check_judge_options(task: Any, judge: str | None, url: str | None,
         raise UserError(f"--judge-url {url}: expected an http:// or https:// URL such as "
                         "http://localhost:8000/v1")
     if judge:
-        from promptsearch.pipelines.models import resolve_model
+        from promptsearch.pipelines.engine.models import resolve_model
 
         try:
             resolve_model(judge)
@@ -51,7 +51,7 @@ def open_judge(*, judge: str | None, url: str | None, model: str | None,
     """The judge for a command: ``run_pool`` itself when ``--judge`` names its model, else
     a one-engine pool of its own in the same Ray cluster (shut down on exit); or the server
     at ``url``. Both read and fill the generation cache when ``cache``."""
-    from promptsearch.pipelines.models import cache_dir
+    from promptsearch.pipelines.engine.models import cache_dir
 
     if url:
         yield HttpJudge(url, model or "", cache=cache_dir() / "generations" if cache else None)
@@ -75,7 +75,7 @@ def open_judge(*, judge: str | None, url: str | None, model: str | None,
 
 
 def _same_model(a: str, b: str) -> bool:
-    from promptsearch.pipelines.models import resolve_model
+    from promptsearch.pipelines.engine.models import resolve_model
 
     return a == b or str(resolve_model(a)) == str(resolve_model(b))
 

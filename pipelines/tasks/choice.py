@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.parsing import pick_choice
+from promptsearch.pipelines.prompting.parsing import pick_choice
 
 CHOICES = tuple(f"choice{i}" for i in range(5))
 

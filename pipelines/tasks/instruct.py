@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.datasets import decode_instructions, load_mifeval
+from promptsearch.pipelines.data.datasets import decode_instructions, load_mifeval
 from promptsearch.pipelines.ifeval import InstructionVerdict
 from promptsearch.pipelines.ifeval import aggregate as ifeval_aggregate
 from promptsearch.pipelines.metrics.ifeval import Instructions, verdicts

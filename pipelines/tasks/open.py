@@ -25,7 +25,7 @@ JUDGED = True
 
 def read_file(path: Path, field_map: Mapping[str, str] | None) -> list[dict[str, Any]] | None:
     """ELYZA-tasks-100 columns as this task's fields; None for any other layout."""
-    from promptsearch.pipelines.readers import read_records
+    from promptsearch.pipelines.data.readers import read_records
 
     if field_map or path.suffix not in (".jsonl", ".csv", ".parquet"):
         return None

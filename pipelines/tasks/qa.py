@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.datasets import decode_answers, load_jsquad
+from promptsearch.pipelines.data.datasets import decode_answers, load_jsquad
 
 
 def read_file(path: Path, field_map: Mapping[str, str] | None) -> list[dict[str, Any]] | None:

@@ -28,10 +28,10 @@ from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, Valida
 from pydantic.dataclasses import dataclass
 
 from promptsearch.pipelines.contract import Contract, describe_error, validate_contract
+from promptsearch.pipelines.data.readers import read_yaml
+from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.readers import read_yaml
-from promptsearch.pipelines.render import template_fields
-from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.prompting.render import template_fields
 
 TASK_DIR = Path(__file__).parent
 
@@ -127,7 +127,8 @@ class Task(Contract):
     sampling: Sampling
     """Default decoding (the baseline's)."""
     parse: tuple[_Name, ...] = ()
-    """Default parse steps (``pipelines/parsing.py``), applied in order to a generation."""
+    """Default parse steps (``pipelines/prompting/parsing.py``), applied in order to an
+    output."""
     split_group: _Name | None = None
     """When one file is split into few-shot / validation / test, rows sharing this field's
     value stay in one split (a JSQuAD ``title`` always groups)."""
@@ -177,7 +178,7 @@ class Task(Contract):
 
     def read_answer(self, text: str, steps: Sequence[str], example: Mapping[str, Any]) -> str:
         """A generation's answer: the parse steps, then the task's ``answer`` hook."""
-        from promptsearch.pipelines.parsing import parse_output
+        from promptsearch.pipelines.prompting.parsing import parse_output
 
         return self.answer(parse_output(text, steps), example)
 
@@ -227,7 +228,7 @@ class Task(Contract):
 def load_task_file(path: Path) -> Task:
     """``path`` as a ``Task``; every error is one line naming the file and the field."""
     from promptsearch.pipelines.metrics import METRICS
-    from promptsearch.pipelines.parsing import check_parse_steps
+    from promptsearch.pipelines.prompting.parsing import check_parse_steps
 
     where = str(path)
     data = read_yaml(path)

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, one_line
-from .ifeval import INSTRUCTION_IDS, validate_kwargs
-from .readers import check_file, read_located_records, read_utf8
+from promptsearch.pipelines.data.readers import check_file, read_located_records, read_utf8
+from promptsearch.pipelines.errors import UserError, one_line
+from promptsearch.pipelines.ifeval import INSTRUCTION_IDS, validate_kwargs
 
 __all__ = [
     "SPLITS",

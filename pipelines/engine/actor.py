@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from promptsearch.pipelines import telemetry
-from promptsearch.pipelines.models import resolve_on_node
-from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.engine import telemetry
+from promptsearch.pipelines.engine.models import resolve_on_node
+from promptsearch.pipelines.engine.sampling import Sampling
 
 log = logging.getLogger(__name__)
 

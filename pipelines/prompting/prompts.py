@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from promptsearch.pipelines.config import PromptConfig
-from promptsearch.pipelines.fewshot import select_demos
-from promptsearch.pipelines.pool import Request
-from promptsearch.pipelines.render import render_template
+from promptsearch.pipelines.engine.pool import Request
+from promptsearch.pipelines.prompting.config import PromptConfig
+from promptsearch.pipelines.prompting.fewshot import select_demos
+from promptsearch.pipelines.prompting.render import render_template
 from promptsearch.pipelines.tasks import Task
 
 Example = Mapping[str, Any]

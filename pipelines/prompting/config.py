@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from pydantic import Field, InstanceOf, StrictBool, StrictInt, StrictStr, field_validator
 
 from promptsearch.pipelines.contract import Contract, check_known, validate_contract
+from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.fewshot import ORDERS, SELECTORS
-from promptsearch.pipelines.parsing import PARSERS
-from promptsearch.pipelines.sampling import Sampling
+from promptsearch.pipelines.prompting.fewshot import ORDERS, SELECTORS
+from promptsearch.pipelines.prompting.parsing import PARSERS
 from promptsearch.pipelines.tasks import PromptTemplate, Task, load_task
 
 
@@ -52,7 +52,7 @@ class PromptConfig(Contract):
     sampling: Sampling = Sampling()
     """Decoding parameters; fields left out take the task's defaults."""
     parse: tuple[StrictStr, ...] = ()
-    """Parse steps applied in order to a generation (names from ``pipelines/parsing.py``:
+    """Parse steps applied in order to a generation (names from ``pipelines/prompting/parsing.py``:
     strip, first_line, strip_prefix, until_period, strip_quotes); absent means the task's."""
     chat: StrictBool = False
     """Send a text template's prompt as one user message through the model's chat template."""
@@ -121,14 +121,14 @@ class PromptConfig(Contract):
 
     @classmethod
     def load(cls, path: str | Path) -> PromptConfig:
-        from promptsearch.pipelines.readers import read_yaml
+        from promptsearch.pipelines.data.readers import read_yaml
 
         return cls.from_dict(read_yaml(path), where=str(path))
 
     def save(self, path: str | Path) -> None:
         import yaml
 
-        from promptsearch.pipelines.writers import write_text
+        from promptsearch.pipelines.data.writers import write_text
 
         write_text(path, yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False))
 
@@ -181,7 +181,7 @@ def _template_dict(template: PromptTemplate) -> dict[str, Any]:
 def check_template(template: PromptTemplate, task: Task, *, where: str) -> None:
     """A user's template must compile, stay out of Python internals and read only the task's
     input fields (its answer part may also read the references of a demo)."""
-    from promptsearch.pipelines.render import compile_template
+    from promptsearch.pipelines.prompting.render import compile_template
 
     compile_template(template.example, name=f"{where}: template {template.name!r}")
     unknown = template.fields() - set(task.input_fields)

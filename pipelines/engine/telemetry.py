@@ -180,7 +180,7 @@ class Histogram(_Metric):
         self._record("observe", value, self._tags(tags))
 
 
-# -- engines (pipelines/engine.py) ---------------------------------------------------------
+# -- engines (pipelines/engine/actor.py) ----------------------------------------------------------
 _ENGINE = ("engine", "model")
 
 REQUESTS = Counter(
@@ -200,13 +200,13 @@ QUEUE_DEPTH = Gauge(
     "Requests inside an engine: waiting (no token yet: queued or in prefill) or running "
     "(decoding).", (*_ENGINE, "state"))
 
-# -- generation cache (pipelines/cache.py) ---------------------------------------------------
+# -- generation cache (pipelines/engine/cache.py) -------------------------------------------------
 CACHE_HITS = Counter(
     "promptsearch_cache_hits", "Generations served from the generation cache.")
 CACHE_MISSES = Counter(
     "promptsearch_cache_misses", "Cache look-ups that found nothing, so went to an engine.")
 
-# -- the search and the final run (search/progress.py) --------------------------------------
+# -- the search and the final run (search/progress.py) --------------------------------------------
 TRIAL_SCORE = Gauge(
     "promptsearch_trial_score",
     "A trial's running validation score (primary metric) after its latest chunk.",

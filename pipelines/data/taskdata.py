@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.datasets import (
+from promptsearch.pipelines.data.datasets import (
     load_hf_dataset,
     load_table,
     map_fields,
     split_records,
 )
+from promptsearch.pipelines.data.readers import SUFFIXES
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.readers import SUFFIXES
 from promptsearch.pipelines.tasks import TASK_DIR, Task
 
 SPLITS = ("fewshot", "validation", "test")

@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.cache import generation_key
-from promptsearch.pipelines.engine import EngineActor, EngineConfig, Generation
-from promptsearch.pipelines.errors import UserError, last_line
-from promptsearch.pipelines.models import (
+from promptsearch.pipelines.engine.actor import EngineActor, EngineConfig, Generation
+from promptsearch.pipelines.engine.cache import generation_key
+from promptsearch.pipelines.engine.models import (
     DEFAULT_MODEL,
     cache_dir,
     model_fingerprint,
@@ -24,8 +23,9 @@ from promptsearch.pipelines.models import (
     resolve_model,
     resolve_on_node,
 )
-from promptsearch.pipelines.sampling import Sampling
-from promptsearch.pipelines.telemetry import actor_name
+from promptsearch.pipelines.engine.sampling import Sampling
+from promptsearch.pipelines.engine.telemetry import actor_name
+from promptsearch.pipelines.errors import UserError, last_line
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ class EnginePool:
 def _start_cache(cache: bool | str | Path) -> Any:
     if not cache:
         return None
-    from promptsearch.pipelines.cache import start_cache
+    from promptsearch.pipelines.engine.cache import start_cache
 
     return start_cache(cache_dir() / "generations" if cache is True else Path(cache))
 

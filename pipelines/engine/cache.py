@@ -52,7 +52,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines import telemetry
+from promptsearch.pipelines.engine import telemetry
 
 log = logging.getLogger(__name__)
 

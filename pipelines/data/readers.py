@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import UserError, one_line
+from promptsearch.pipelines.errors import UserError, one_line
 
 __all__ = ["SUFFIXES", "read_records"]
 

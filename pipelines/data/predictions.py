@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from promptsearch.pipelines.data.readers import read_located_records
+from promptsearch.pipelines.data.taskdata import checked_example, load_examples
 from promptsearch.pipelines.errors import UserError
-from promptsearch.pipelines.readers import read_located_records
-from promptsearch.pipelines.taskdata import checked_example, load_examples
 from promptsearch.pipelines.tasks import Task
 
 
