@@ -75,6 +75,10 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+_SERIAL = itertools.count()
+"""Numbers every request of the run, so no two are the same."""
+
+
 async def _drive(url: str, bodies: Sequence[dict[str, Any]], concurrency: int,
                  duration: float, headers: dict[str, str], timeout: float,
                  reject_backoff: float) -> Step:
@@ -93,7 +97,11 @@ async def _drive(url: str, bodies: Sequence[dict[str, Any]], concurrency: int,
 
         async def client_loop() -> None:
             while time.monotonic() < deadline:
-                body = bodies[next(picks)]
+                # Unique (a number after its last field): serve answers repeats from the
+                # generation cache, and this measures the engines.
+                body = dict(bodies[next(picks)])
+                field = list(body)[-1]
+                body[field] = f"{body[field]} ({next(_SERIAL)})"
                 sent = time.monotonic()
                 try:
                     response = await client.post(url, json=body)

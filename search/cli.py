@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.tasks import TASK_NAMES
-from promptsearch.search.runtime import engine_options, engine_pool
+from promptsearch.search.runtime import EngineOptions, engine_options
+
+if TYPE_CHECKING:
+    from promptsearch.pipelines.metrics.stats import Interval, WinTieLoss
+    from promptsearch.search.compare import JudgedPairs, SheetKey, Side
+    from promptsearch.search.spec import RunSpec
 
 TASK_CHOICE = click.Choice(TASK_NAMES)
 
@@ -114,59 +116,22 @@ def generate(ctx: click.Context, input_path: Path, out: Path | None, prompt_colu
     Finished generations go to the generation cache as they come (greedy, or sampled with
     --seed), so after a Ctrl-C or a failure the same command continues where it stopped.
     """
-    from promptsearch.pipelines.batch import build_requests, output_rows
-    from promptsearch.pipelines.data.readers import read_records, read_utf8
-    from promptsearch.pipelines.data.writers import (
-        input_files,
-        refuse_overwrite,
-        table_paths,
-        write_table,
-    )
+    from promptsearch.pipelines.batch import generate_file
     from promptsearch.pipelines.engine.sampling import Sampling, decode_stop
-    from promptsearch.search.progress import ProgressLine
 
-    if template_file is not None:
-        template = read_utf8(template_file)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         repetition_penalty=repetition_penalty, seed=seed,
                         stop=tuple(decode_stop(s) for s in stop))
-    records = read_records(input_path)
-    stem = out or input_path.with_name(f"{input_path.stem}.generated")
-    refuse_overwrite(table_paths(stem), inputs=input_files(input_path, template_file),
-                     option="--out", overwrite=overwrite)
-    if prompt_column is None and template is None and messages_column is None:
-        prompt_column = "prompt"
-    requests = build_requests(records, source=str(input_path), prompt_column=prompt_column,
-                              template=template, messages_column=messages_column, chat=chat)
-    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool:
-        start = time.perf_counter()
-        gens = pool.generate(requests, sampling, progress=ProgressLine("generate", len(requests)))
-        elapsed = time.perf_counter() - start
-    with _output_errors(stem.parent, cached=sampling.reproducible):
-        parquet, jsonl = write_table(stem, output_rows(records, gens))
-    tokens = sum(g.output_tokens for g in gens)
-    errors = sum(not g.ok for g in gens)
-    click.echo(f"{len(gens)} rows, {tokens} output tokens in {elapsed:.1f}s "
-               f"({tokens / max(elapsed, 1e-9):.1f} tok/s), {errors} errors -> {parquet}, {jsonl}")
-    if errors == len(gens):
+    result = generate_file(input_path, engine=EngineOptions(**engine), sampling=sampling,
+                           out=out, prompt_column=prompt_column, template=template,
+                           template_file=template_file, messages_column=messages_column,
+                           chat=chat, overwrite=overwrite, verbose=ctx.obj["verbose"])
+    tokens, elapsed = result.output_tokens, result.seconds
+    click.echo(f"{result.rows} rows, {tokens} output tokens in {elapsed:.1f}s "
+               f"({tokens / max(elapsed, 1e-9):.1f} tok/s), {result.errors} errors -> "
+               f"{result.parquet}, {result.jsonl}")
+    if result.errors == result.rows:
         sys.exit(1)
-
-
-@contextlib.contextmanager
-def _output_errors(where: Path, *, cached: bool) -> Iterator[None]:
-    """A failed write (a full disk) as one line saying how to continue: the generations are
-    in the cache, so the same command writes them without generating them again."""
-    from promptsearch.pipelines.errors import one_line
-
-    try:
-        yield
-    except OSError as exc:
-        again = ("run the same command again: the finished generations come from the "
-                 "generation cache" if cached else "sampled generations without --seed are "
-                 "not cached and will be made again")
-        raise UserError(f"cannot write the outputs in {where} ({exc.strerror or one_line(exc)}"
-                        "); a file not "
-                        f"written keeps its old content; {again}") from None
 
 
 @main.command()
@@ -228,20 +193,10 @@ def score(task_name: str, predictions: Path, references: Path | None, per_row: P
     """Score a file of predictions; prints the metrics as one JSON object."""
     import json
 
-    from promptsearch.pipelines.data.predictions import match_predictions, per_row_records
-    from promptsearch.pipelines.data.writers import input_files, refuse_overwrite, write_jsonl
-    from promptsearch.pipelines.evaluate import score_rows
-    from promptsearch.pipelines.tasks import load_task
+    from promptsearch.pipelines.score_job import score_file
 
-    if per_row is not None:
-        refuse_overwrite([per_row], inputs=input_files(predictions, references),
-                         option="--per-row", overwrite=True)
-    task = load_task(task_name)
-    examples, outputs = match_predictions(task, predictions, references,
-                                          field_map=_field_map(fields))
-    rows, metrics = score_rows(task, examples, outputs)
-    if per_row is not None:
-        write_jsonl(per_row, per_row_records(task, examples, rows))
+    metrics = score_file(task_name, predictions=predictions, references=references,
+                         per_row=per_row, field_map=_field_map(fields))
     click.echo(json.dumps(metrics, ensure_ascii=False))
 
 
@@ -273,62 +228,14 @@ def eval_(ctx: click.Context, task_name: str, config_path: Path | None, split: s
     """
     import json
 
-    from promptsearch.pipelines.data.taskdata import load_task_data
-    from promptsearch.pipelines.data.writers import (
-        input_files,
-        refuse_overwrite,
-        table_paths,
-        write_json,
-        write_table,
-    )
-    from promptsearch.pipelines.evaluate import evaluate
-    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
-    from promptsearch.pipelines.prompting.config import PromptConfig
-    from promptsearch.pipelines.prompting.prompts import demo_pool
-    from promptsearch.pipelines.tasks import load_task
-    from promptsearch.search.progress import ProgressLine
-    from promptsearch.search.run import check_config_fits, load_tokenizer
+    from promptsearch.pipelines.eval_job import evaluate_split
 
-    task = load_task(task_name)
-    check_judge_options(task, judge, judge_url, judge_model)
-    config = PromptConfig.load(config_path) if config_path else PromptConfig.baseline(task)
-    if config.task != task.name:
-        raise UserError(f"{config_path}: config is for task {config.task!r}, not {task.name!r}")
-    data_splits = load_task_data(task, data, seed=seed, field_map=_field_map(fields),
-                                 max_validation=max_examples, max_test=max_examples)
-    examples = data_splits.split(split)
-    where = str(config_path or "baseline")
-    config.check(task, where=where, pool_size=len(demo_pool(task, data_splits.fewshot)))
-    out = out or Path("runs") / f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
-    for marker in ("run.yaml", "summary.json"):
-        if (out / marker).exists():
-            raise UserError(f"--out {out}: holds a promptsearch run ({marker}); eval would "
-                            "replace predictions its summary describes: choose another "
-                            "directory")
-    stem = out / "predictions" / split
-    refuse_overwrite([*table_paths(stem), out / "metrics.json"],
-                     inputs=input_files(data, config_path), option="--out",
-                     overwrite=overwrite, hint="(an earlier eval's) ")
-    tokenizer = load_tokenizer(engine["model"])
-    config.check(task, where=where, has_chat_template=tokenizer.chat_template is not None)
-    check_config_fits(task, config, examples, data_splits.fewshot, tokenizer=tokenizer,
-                      max_model_len=engine["max_model_len"], where=data_splits.source)
-    with engine_pool(verbose=ctx.obj["verbose"], cache=True, **engine) as pool, open_judge(
-            judge=judge, url=judge_url, model=judge_model, run_pool=pool,
-            max_model_len=engine["max_model_len"]) as grader:
-        result = evaluate(task, config, examples, pool=pool, fewshot=data_splits.fewshot,
-                          progress=ProgressLine(f"eval {split}", len(examples)), judge=grader)
-    with _output_errors(out, cached=config.sampling.reproducible):
-        parquet, jsonl = write_table(stem, result.rows)
-    summary = {"task": task.name, "split": split, "model": engine["model"],
-               "examples": len(examples), "metrics": result.metrics,
-               "output_tokens": result.output_tokens, "seconds": round(result.seconds, 2),
-               "config": config.to_dict()}
-    with _output_errors(out, cached=config.sampling.reproducible):
-        write_json(out / "metrics.json", summary)
-    click.echo(f"predictions: {parquet}, {jsonl}", err=True)
+    result = evaluate_split(task_name, engine=EngineOptions(**engine), config_path=config_path,
+                            split=split, data=data, max_examples=max_examples, seed=seed,
+                            out=out, overwrite=overwrite, field_map=_field_map(fields),
+                            judge=judge, judge_url=judge_url, judge_model=judge_model,
+                            verbose=ctx.obj["verbose"])
+    click.echo(f"predictions: {result.parquet}, {result.jsonl}", err=True)
     click.echo(json.dumps(result.metrics, ensure_ascii=False))
 
 
@@ -379,15 +286,8 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
     from promptsearch.search.run import RunSpec, execute_run, plan_run, prepare_run_dir
 
     if resume is not None:
-        if not resume.is_dir():
-            raise UserError(f"--resume {resume}: no such directory")
-        spec = RunSpec.load(resume)
-        _refuse_flags_with_resume(ctx, resume)
-        if engine["engines"] is not None and ctx.get_parameter_source("engines") in (
-                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            spec = spec.replace(engines=engine["engines"])
-        plan = plan_run(spec, resume)
         run_dir = resume
+        plan = plan_run(_resumed_spec(ctx, resume, engine["engines"]), resume)
     else:
         if task_name is None:
             raise UserError(f"--task is required ({', '.join(TASK_NAMES)}), or --resume RUN_DIR")
@@ -406,6 +306,12 @@ def run(ctx: click.Context, task_name: str | None, data: str | None, space: Path
         click.echo(f"interrupted: nothing finished is lost; continue with "
                    f"'promptsearch run --resume {run_dir}'", err=True)
         sys.exit(130)
+    _echo_run_summary(summary, run_dir)
+
+
+def _echo_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    """A finished run's last lines: scores, cost, the judge, where the outputs are, and how
+    sure best - baseline is."""
     metric = summary["metric"]
     base, best = summary["baseline"], summary["best"]
 
@@ -444,6 +350,38 @@ def _echo_how_sure(summary: dict[str, Any]) -> None:
         click.echo(not_separated_line(validation))
 
 
+RESUME_HONOURS = ("resume", "engines")
+"""The ``run`` options a resume uses; the others would change the run it replays."""
+
+
+def _resumed_spec(ctx: click.Context, resume: Path, engines: int | None) -> RunSpec:
+    """``run.yaml`` of the run to resume, with ``--engines`` if given."""
+    from promptsearch.search.spec import RunSpec
+
+    if not resume.is_dir():
+        raise UserError(f"--resume {resume}: no such directory")
+    spec = RunSpec.load(resume)
+    _refuse_flags_with_resume(ctx, resume)
+    if engines is not None and ctx.get_parameter_source("engines") in (
+            ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        spec = spec.replace(engines=engines)
+    return spec
+
+
+def _refuse_flags_with_resume(ctx: click.Context, resume: Path) -> None:
+    """A resume replays ``run.yaml``: an option given with it that it would ignore is an
+    error, not a silent surprise."""
+    for param in ctx.command.params:
+        if param.name in RESUME_HONOURS or \
+                ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len)
+        raise UserError(f"{flag} cannot be given with --resume: a resume finishes the run "
+                        f"exactly as {resume / 'run.yaml'} describes it; drop {flag}, or start "
+                        f"a new run (without --resume) to change it (only "
+                        f"{', '.join('--' + n for n in RESUME_HONOURS[1:])} may change)")
+
+
 @main.command()
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path), metavar="[RUN_A [RUN_B]]")
 @click.option("--split", type=click.Choice(["validation", "test"]), default="test",
@@ -472,37 +410,15 @@ def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int | 
                             "runs or --sheet")
         if ratings is None or key_path is None:
             raise UserError("--ratings FILLED.csv and --key key.json go together")
-        key, table = cmp.ratings_table(ratings, key_path)
-        click.echo(f"blind ratings of {key.task} {key.split}, {table.rows} rows ({ratings})")
-        click.echo(f"first:  {key.first.label()}")
-        click.echo(f"second: {key.second.label()}")
-        click.echo(table.table("first", "second"))
+        _echo_ratings(ratings, *cmp.ratings_table(ratings, key_path))
         return
-    if not 1 <= len(runs) <= 2:
-        raise UserError("give RUN (its best against its baseline) or RUN_A RUN_B, or "
-                        "--ratings FILLED.csv --key key.json")
-    if len(runs) == 1:
-        first, second = (cmp.load_side(runs[0], "best", split),
-                         cmp.load_side(runs[0], "baseline", split))
-        if seed is None and (runs[0] / "run.yaml").is_file():
-            from promptsearch.search.spec import load_run_spec
-
-            seed = load_run_spec(runs[0]).seed
-    else:
-        first, second = (cmp.load_side(runs[0], "best", split),
-                         cmp.load_side(runs[1], "best", split))
-    seed = 0 if seed is None else seed
-    interval = cmp.compare_metric(first, second, seed=seed)
-    names = f"{first.key.label()} - {second.key.label()}"
-    if interval is None:
-        click.echo(f"{split}: no references, no {first.metric} to compare")
-    else:
-        verdict = "separated" if interval.separated else "cannot separate them (contains 0)"
-        click.echo(f"{names} on {split} {first.metric}: {interval.describe()} over "
-                   f"{interval.rows} rows (paired bootstrap, seed {seed}): {verdict}")
+    first, second, seed = cmp.load_sides(runs, split, seed=seed)
+    _echo_interval(first, second, cmp.compare_metric(first, second, seed=seed), split=split,
+                   seed=seed)
     if judge or judge_url:
-        _judge_compare(first, second, judge=judge, url=judge_url, model=judge_model,
-                       seed=seed, split=split, verbose=ctx.obj["verbose"])
+        _echo_judged(cmp.judge_sides(first, second, judge=judge, url=judge_url,
+                                     model=judge_model, seed=seed, verbose=ctx.obj["verbose"]),
+                     first, second, split=split)
     if sheet is not None:
         key = cmp.write_sheet(sheet, first, second, split=split, seed=seed)
         click.echo(f"blind sheet: {sheet / 'sheet.html'}, {sheet / 'sheet.csv'} "
@@ -510,51 +426,35 @@ def compare(ctx: click.Context, runs: tuple[Path, ...], split: str, seed: int | 
                    "raters)")
 
 
-def _judge_compare(first: Any, second: Any, *, judge: str | None, url: str | None,
-                   model: str | None, seed: int, split: str, verbose: bool) -> None:
-    """``compare --judge``: the judge picks the better answer of each row in both orders; a
-    side wins only when both orders agree."""
-    from promptsearch.pipelines.evaluate import run_sync
-    from promptsearch.pipelines.judge.pairwise import judge_pairs, pair_items, summarize
-    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
-    from promptsearch.pipelines.tasks import load_task
-    from promptsearch.search import compare as cmp
-    from promptsearch.search.runtime import init_ray
-
-    check_judge_options(None, judge, url, model)
-    items = pair_items(load_task(first.task), cmp.pair_rows(first, second))
-    if judge:
-        init_ray(verbose=verbose)
-    with open_judge(judge=judge, url=url, model=model) as grader:
-        assert grader is not None
-        verdicts, cost = run_sync(judge_pairs(grader, items))
-        table, unparsable = summarize(verdicts, seed=seed)
-        version = grader.describe()["prompt_version"]
-        click.echo(f"judge {grader.name} ({grader.kind}, prompt v{version}) on {split}, both "
-                   "orders asked, a win only when both agree:")
+def _echo_ratings(ratings: Path, key: SheetKey, table: WinTieLoss) -> None:
+    click.echo(f"blind ratings of {key.task} {key.split}, {table.rows} rows ({ratings})")
+    click.echo(f"first:  {key.first.label()}")
+    click.echo(f"second: {key.second.label()}")
     click.echo(table.table("first", "second"))
+
+
+def _echo_interval(first: Side, second: Side, interval: Interval | None, *, split: str,
+                   seed: int) -> None:
+    if interval is None:
+        click.echo(f"{split}: no references, no {first.metric} to compare")
+        return
+    names = f"{first.key.label()} - {second.key.label()}"
+    verdict = "separated" if interval.separated else "cannot separate them (contains 0)"
+    click.echo(f"{names} on {split} {first.metric}: {interval.describe()} over "
+               f"{interval.rows} rows (paired bootstrap, seed {seed}): {verdict}")
+
+
+def _echo_judged(judged: JudgedPairs, first: Side, second: Side, *, split: str) -> None:
+    """``compare --judge``: the judge picked the better answer of each row in both orders; a
+    side wins only when both orders agree."""
+    click.echo(f"judge {judged.judge} ({judged.kind}, prompt v{judged.prompt_version}) on "
+               f"{split}, both orders asked, a win only when both agree:")
+    click.echo(judged.table.table("first", "second"))
     click.echo(f"first:  {first.key.label()}\nsecond: {second.key.label()}")
-    click.echo(f"unparsable verdicts: {unparsable} of {len(verdicts)} rows (left out); judge "
-               f"cost: {cost.calls} calls ({cost.cached} cached), "
+    cost = judged.cost
+    click.echo(f"unparsable verdicts: {judged.unparsable} of {judged.rows} rows (left out); "
+               f"judge cost: {cost.calls} calls ({cost.cached} cached), "
                f"{cost.prompt_tokens + cost.output_tokens} tokens, {cost.seconds:.0f}s")
-
-
-RESUME_HONOURS = ("resume", "engines")
-"""The ``run`` options a resume uses; the others would change the run it replays."""
-
-
-def _refuse_flags_with_resume(ctx: click.Context, resume: Path) -> None:
-    """A resume replays ``run.yaml``: an option given with it that it would ignore is an
-    error, not a silent surprise."""
-    for param in ctx.command.params:
-        if param.name in RESUME_HONOURS or \
-                ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
-            continue
-        flag = max(param.opts, key=len)
-        raise UserError(f"{flag} cannot be given with --resume: a resume finishes the run "
-                        f"exactly as {resume / 'run.yaml'} describes it; drop {flag}, or start "
-                        f"a new run (without --resume) to change it (only "
-                        f"{', '.join('--' + n for n in RESUME_HONOURS[1:])} may change)")
 
 
 @main.command(name="serve")
@@ -590,44 +490,10 @@ def serve_(ctx: click.Context, run_dir: Path, host: str, port: int, replicas: in
            max_ongoing_requests: int, max_queued_requests: int, retry_after: float,
            max_tokens: int, engine_timeout: float, request_timeout: float) -> None:
     """Serve a finished run's best configuration over HTTP with Ray Serve."""
-    import signal
+    from promptsearch.serve.run import serve_run
 
-    from promptsearch.pipelines.engine.pool import EnginePool
-    from promptsearch.pipelines.prompting.config import PromptConfig
-    from promptsearch.search.runtime import init_ray
-    from promptsearch.search.spec import check_run_inputs
-    from promptsearch.serve.app import ServeLimits, build_app, checked_auth_token
-
-    auth_token = checked_auth_token(host, auth_token, no_auth=no_auth)
-    # Its model must be the one the run used; its data too, unless the run stored its demos.
-    spec = check_run_inputs(run_dir, data=not (run_dir / "fewshot.jsonl").is_file())
-    if not (run_dir / "best.yaml").is_file():
-        raise UserError(f"{run_dir}: no best.yaml; the run has not finished (use "
-                        f"'promptsearch run --resume {run_dir}')")
-    PromptConfig.load(run_dir / "best.yaml")
-    init_ray(verbose=ctx.obj["verbose"])
-    from ray import serve
-
-    pool = EnginePool(spec.model, engines=engines, cpus_per_engine=spec.cpus_per_engine,
-                      tensor_parallel_size=spec.tensor_parallel_size,
-                      max_model_len=spec.max_model_len)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        serve.start(http_options={"host": host, "port": port,
-                                  "request_timeout_s": request_timeout})
-        limits = ServeLimits(auth_token=auth_token, max_tokens=max_tokens,
-                             engine_timeout_s=engine_timeout)
-        serve.run(build_app(run_dir, pool, limits=limits, replicas=replicas,
-                            max_ongoing_requests=max_ongoing_requests,
-                            max_queued_requests=max_queued_requests,
-                            retry_after_s=retry_after),
-                  name="promptsearch", route_prefix="/")
-        click.echo(f"serving {spec.task} from {run_dir} at http://{host}:{port} "
-                   f"(POST /v1/{spec.task}, /v1/chat/completions; GET /healthz); Ctrl-C stops",
-                   err=True)
-        while not stop["now"]:
-            time.sleep(0.5)
-    finally:
-        serve.shutdown()
-        pool.shutdown()
+    serve_run(run_dir, host=host, port=port, replicas=replicas, engines=engines,
+              auth_token=auth_token, no_auth=no_auth, max_ongoing_requests=max_ongoing_requests,
+              max_queued_requests=max_queued_requests, retry_after=retry_after,
+              max_tokens=max_tokens, engine_timeout=engine_timeout,
+              request_timeout=request_timeout, verbose=ctx.obj["verbose"])

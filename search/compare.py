@@ -7,7 +7,8 @@
   by the seed; which system is A on each row is only in ``key.json``, which raters must not
   open;
 - the filled sheet read back (``--ratings FILLED.csv --key key.json``): the win/tie/loss table
-  with a bootstrap interval of (wins - losses) / n.
+  with a bootstrap interval of (wins - losses) / n;
+- a judge's pick of the better answer per row, asked in both orders (``--judge``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,6 +34,9 @@ from promptsearch.pipelines.metrics.stats import (
     metric_difference,
     win_tie_loss,
 )
+
+if TYPE_CHECKING:
+    from promptsearch.pipelines.judge import JudgeCost
 
 SHEET_FILES = ("sheet.html", "sheet.csv", "key.json")
 KEY_FORMAT = "promptsearch-blind-sheet-key/1"
@@ -123,6 +127,24 @@ def load_side(run_dir: Path, answers: Literal["best", "baseline"], split: str) -
                 task, metric, read_records(path))
 
 
+def load_sides(runs: Sequence[Path], split: str, *, seed: int | None) -> tuple[Side, Side, int]:
+    """``compare RUN`` (its best against its baseline) or ``compare RUN_A RUN_B`` (their
+    best), and the seed: the one given, else RUN's own (so that its ``summary.json`` interval
+    is reproduced), else 0."""
+    if not 1 <= len(runs) <= 2:
+        raise UserError("give RUN (its best against its baseline) or RUN_A RUN_B, or "
+                        "--ratings FILLED.csv --key key.json")
+    first = load_side(runs[0], "best", split)
+    if len(runs) == 2:
+        return first, load_side(runs[1], "best", split), 0 if seed is None else seed
+    second = load_side(runs[0], "baseline", split)
+    if seed is None and (runs[0] / "run.yaml").is_file():
+        from promptsearch.search.spec import load_run_spec
+
+        seed = load_run_spec(runs[0]).seed
+    return first, second, 0 if seed is None else seed
+
+
 def pair_rows(first: Side, second: Side) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The two sides' rows matched by id, in the first's order; both must answer the same
     inputs of the same task."""
@@ -174,6 +196,45 @@ def compare_metric(first: Side, second: Side, *, seed: int) -> Interval | None:
                   for i in (0, 1)]
     return metric_difference(scored[0], scored[1], metric=first.metric,
                              aggregate=task.aggregate, seed=seed)
+
+
+@dataclass(frozen=True)
+class JudgedPairs:
+    """``compare --judge``: the judge's pick of the better answer of each row, both orders
+    asked; a side wins a row only when both orders agree."""
+
+    judge: str
+    kind: str
+    prompt_version: int
+    table: WinTieLoss
+    """First against second, with the bootstrap interval of (wins - losses) / n."""
+    unparsable: int
+    """Rows without a parsable verdict (left out of the table)."""
+    rows: int
+    cost: JudgeCost
+
+
+def judge_sides(first: Side, second: Side, *, judge: str | None, url: str | None,
+                model: str | None, seed: int, verbose: bool = False) -> JudgedPairs:
+    """Ask ``judge`` (run here) or the server at ``url`` which side answered each row
+    better."""
+    from promptsearch.pipelines.evaluate import run_sync
+    from promptsearch.pipelines.judge.pairwise import judge_pairs, pair_items, summarize
+    from promptsearch.pipelines.judge.setup import check_judge_options, open_judge
+    from promptsearch.pipelines.tasks import load_task
+    from promptsearch.search.runtime import init_ray
+
+    check_judge_options(None, judge, url, model)
+    items = pair_items(load_task(first.task), pair_rows(first, second))
+    if judge:
+        init_ray(verbose=verbose)
+    with open_judge(judge=judge, url=url, model=model) as grader:
+        assert grader is not None
+        verdicts, cost = run_sync(judge_pairs(grader, items))
+        table, unparsable = summarize(verdicts, seed=seed)
+        return JudgedPairs(judge=grader.name, kind=grader.kind,
+                           prompt_version=grader.describe()["prompt_version"], table=table,
+                           unparsable=unparsable, rows=len(verdicts), cost=cost)
 
 
 def _input_text(task_name: str, row: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from promptsearch.search.halving import SyncHalvingScheduler, bracket_size, mile
 from promptsearch.search.plan import BracketPlan
 from promptsearch.search.searcher import StudySearcher, config_identity
 from promptsearch.search.space import SearchSpace
-from promptsearch.search.trial import run_trial, validation_chunks
+from promptsearch.search.trial import COUNTS, TrialReport, run_trial, validation_chunks
 
 log = logging.getLogger(__name__)
 
@@ -222,19 +222,15 @@ class PromptSearch:
                 state: str) -> TrialRecord:
         # The last report carries the whole run of chunk scores and counts (Tune's metrics
         # frame would hold only the reports since a trial's last restore).
-        last = dict(result.metrics or {})
-        if "score" not in last:  # died before its first report
-            last = {}
+        report = TrialReport.from_result(result.metrics)
         if result.error is not None:
             state = "error"
         return TrialRecord(
             number=number, params=dict(params), config=config,
-            state=state, score=None if state == "error" else last.get("score"),
-            chunk_scores=list(last.get("chunk_scores", [])),
-            generations=int(last.get("generations", 0)), cached=int(last.get("cached", 0)),
-            prompt_tokens=int(last.get("prompt_tokens", 0)),
-            output_tokens=int(last.get("output_tokens", 0)),
-            seconds=float(last.get("time_total_s", 0.0)),
+            state=state, score=report.score if report and state != "error" else None,
+            chunk_scores=list(report.chunk_scores) if report else [],
+            **({k: getattr(report, k) for k in COUNTS} if report else {}),
+            seconds=float((result.metrics or {}).get("time_total_s", 0.0)),
             error=None if result.error is None else last_line(result.error))
 
 

@@ -75,6 +75,8 @@ class TrialEvaluator:
         self.task = load_task(task_name)
         self.metric: str = metric or self.task.primary_metric
         self._results: dict[tuple[str, int], EvalResult] = {}
+        self._in_flight: dict[tuple[str, int], tuple[asyncio.Future[Any], int]] = {}
+        """(configuration, chunk) being generated: the call's batch and the chunk's place."""
         self._early: list[asyncio.Future[Any]] = []
         self._best: float | None = None
         """The best score of a configuration that finished the validation split."""
@@ -93,7 +95,13 @@ class TrialEvaluator:
         task = self.task
         config = self.space.to_config(task, params)
         key = json.dumps(config.to_dict(), sort_keys=True)
-        todo = [c for c in range(1, last + 1) if (key, c) not in self._results]
+        # A chunk another call is generating (the same trial, retried after its process
+        # died) is awaited, not generated again: a second generation could differ (CPU
+        # batches) from the one the cache keeps.
+        in_flight = {c: self._in_flight[(key, c)] for c in range(1, last + 1)
+                     if (key, c) in self._in_flight}
+        todo = [c for c in range(1, last + 1)
+                if (key, c) not in self._results and c not in in_flight]
         fresh = set(range(first, last + 1))
         seen = [self._results.get((key, c)) for c in range(1, first)]
         if last == len(self.chunks) and seen and None not in seen:
@@ -101,13 +109,24 @@ class TrialEvaluator:
             # score could still make it the best.
             so_far = task.aggregate([row for r in seen for row in r.rows])[self.metric]
             self._start_final_work(key, config, so_far)
-        results = await evaluate_many_async(
-            task, [EvalJob(config, self.chunks[c - 1]) for c in todo], pool=self.pool,
-            fewshot=self.fewshot, judge=self.judge)
+        results: list[EvalResult] = []
+        if todo:
+            batch = asyncio.ensure_future(evaluate_many_async(
+                task, [EvalJob(config, self.chunks[c - 1]) for c in todo], pool=self.pool,
+                fewshot=self.fewshot, judge=self.judge))
+            for i, chunk in enumerate(todo):
+                self._in_flight[(key, chunk)] = (batch, i)
+            try:
+                results = await batch
+            finally:
+                for chunk in todo:
+                    self._in_flight.pop((key, chunk), None)
         for chunk, result in zip(todo, results, strict=True):
             self._results[(key, chunk)] = result
             if result.judge is not None:
                 self._judge_cost.add(result.judge)
+        for chunk, (other, i) in in_flight.items():
+            self._results[(key, chunk)] = (await other)[i]
         rows: list[dict[str, Any]] = []
         reports = []
         for chunk in range(1, last + 1):
@@ -116,7 +135,8 @@ class TrialEvaluator:
             if chunk not in fresh:
                 continue
             running = task.aggregate(rows)
-            counted = chunk in todo  # generated or looked up just now, not kept from before
+            # generated or looked up just now (for this trial), not kept from before
+            counted = chunk in todo or chunk in in_flight
             reports.append(asdict(ChunkReport(
                 chunk=chunk, score=running[self.metric],
                 chunk_score=result.metrics[self.metric], metrics=running,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from promptsearch.pipelines.engine import telemetry
+from promptsearch.search.trial import TrialReport
 
 
 class ProgressLine:
@@ -60,28 +61,31 @@ def trial_progress(total: int, chunks: int, *, task: str = "", model: str = "") 
         def __init__(self) -> None:
             self.start = time.perf_counter()
             self.best: float | None = None
-            self.last: dict[str, dict[str, Any]] = {}
+            self.last: dict[str, TrialReport] = {}
             self.finished = 0
             self.pruned = 0
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                             result: dict[str, Any], **info: Any) -> None:
-            self.last[trial.trial_id] = result
-            telemetry.TRIAL_SCORE.set(result["score"], trial=str(trial), **tags)
-            telemetry.TRIAL_CHUNK.set(result["chunk"], trial=str(trial), **tags)
-            if result["chunk"] == chunks:
-                self.best = max(self.best or result["score"], result["score"])
+            report = TrialReport.from_result(result)
+            if report is None:
+                return
+            self.last[trial.trial_id] = report
+            telemetry.TRIAL_SCORE.set(report.score, trial=str(trial), **tags)
+            telemetry.TRIAL_CHUNK.set(report.chunk, trial=str(trial), **tags)
+            if report.chunk == chunks:
+                self.best = max(self.best or report.score, report.score)
                 telemetry.BEST_SCORE.set(self.best, **tags)
             elapsed = time.perf_counter() - self.start
-            tokens = sum(r["output_tokens"] for r in self.last.values())
-            generations = sum(r["generations"] for r in self.last.values())
-            cached = sum(r["cached"] for r in self.last.values())
+            tokens = sum(r.output_tokens for r in self.last.values())
+            generations = sum(r.generations for r in self.last.values())
+            cached = sum(r.cached for r in self.last.values())
             running = sum(t.status == "RUNNING" for t in trials)
             best = "-" if self.best is None else f"{self.best:.2f}"
             params = " ".join(f"{k}={v}" for k, v in trial.config.items() if k != "trial")
             number = trial.config.get("trial", list(self.last).index(trial.trial_id))
             print(f"[{elapsed:5.0f}s] trial {number} chunk "
-                  f"{result['chunk']}/{chunks} score {result['score']:.2f} best {best} | "
+                  f"{report.chunk}/{chunks} score {report.score:.2f} best {best} | "
                   f"running {running} done {self.finished}/{total} pruned {self.pruned} | "
                   f"{tokens / max(elapsed, 1e-9):.0f} tok/s, cache {cached}/{generations} | "
                   f"{params}", file=sys.stderr, flush=True)
@@ -89,7 +93,8 @@ def trial_progress(total: int, chunks: int, *, task: str = "", model: str = "") 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                               **info: Any) -> None:
             self.finished += 1
-            pruned = self.last.get(trial.trial_id, {}).get("chunk", chunks) < chunks
+            last = self.last.get(trial.trial_id)
+            pruned = last is not None and last.chunk < chunks
             self.pruned += pruned
             telemetry.TRIALS_FINISHED.inc(state="pruned" if pruned else "complete", **tags)
 

@@ -13,6 +13,7 @@ the run finished)::
                         parameter effects, plots
     optuna.db           the Optuna study (optuna-dashboard sqlite:///optuna.db)
     tune/search/        the Tune experiment
+    library.log         what Ray, Tune, Optuna, vLLM, ... logged in the driver (appended)
     summary.json
 
 ``RUN_FILES`` and ``RUN_DIRS`` list them: ``--force`` deletes those and nothing else.
@@ -49,7 +50,9 @@ from promptsearch.pipelines.prompting.prompts import demo_pool
 from promptsearch.pipelines.tasks import TASK_DIR, load_task
 from promptsearch.search.driver import PromptSearch, SearchResult
 from promptsearch.search.halving import planned_chunk_runs
+from promptsearch.search.library_log import LIBRARY_LOG, writes_library_log
 from promptsearch.search.report import write_interval_plot, write_plots, write_report
+from promptsearch.search.runtime import count_tokens, load_tokenizer
 from promptsearch.search.space import SearchSpace
 from promptsearch.search.spec import RunSpec, check_inputs_unchanged
 
@@ -63,7 +66,7 @@ RUN_FILES: tuple[str, ...] = (
     "summary.json", "fewshot.jsonl", "optuna.db", "optuna.db-journal", "optuna.db-wal",
     "optuna.db-shm",
     "optimization_history.png", "param_importances.png", "score_by_template.png",
-    "score_by_k.png", "best_minus_baseline.png",
+    "score_by_k.png", "best_minus_baseline.png", LIBRARY_LOG,
     *(f"predictions/{who}{split}{suffix}" for who in ("", "baseline/")
       for split in ("validation", "test") for suffix in (".parquet", ".jsonl")),
 )
@@ -195,6 +198,7 @@ def plan_run(spec: RunSpec, run_dir: Path | None = None) -> RunPlan:
                    space_text=source.read_text(encoding="utf-8"), fewshot=fewshot)
 
 
+@writes_library_log
 def execute_run(plan: RunPlan, run_dir: Path, *, verbose: bool = False,
                 pool: EnginePool | None = None) -> dict[str, Any]:
     """The whole job; safe to call again on the same directory (a replay from the cache).
@@ -319,28 +323,6 @@ def _engine_pool(spec: RunSpec, pool: EnginePool | None) -> Iterator[EnginePool]
         yield own
 
 
-def load_tokenizer(model: str) -> Any:
-    """``--model``'s tokenizer on the driver, to check it and size prompts before any engine
-    starts (the pool reuses it: same resolved path, same process cache)."""
-    from promptsearch.pipelines.engine.models import resolve_model
-    from promptsearch.pipelines.engine.pool import _load_tokenizer
-    from promptsearch.pipelines.errors import one_line
-
-    resolved = resolve_model(model)
-    try:
-        return _load_tokenizer(resolved)
-    except Exception as exc:
-        raise UserError(f"--model {model}: cannot load its tokenizer ({one_line(exc)}); point "
-                        "it at a Hugging Face model directory with tokenizer files") from None
-
-
-def count_tokens(tokenizer: Any, requests: list[Any]) -> list[int]:
-    """Prompt tokens as the engine will see them."""
-    from promptsearch.pipelines.engine.pool import prompt_token_ids
-
-    return [len(ids) for ids in prompt_token_ids(tokenizer, requests)]
-
-
 def check_prompts_fit(task: Any, space: SearchSpace, examples: list[dict[str, Any]],
                       fewshot: list[dict[str, Any]], *, tokenizer: Any, max_model_len: int,
                       where: str = "search space") -> None:
@@ -375,25 +357,6 @@ def check_prompts_fit(task: Any, space: SearchSpace, examples: list[dict[str, An
                     f"{max_tokens} max_tokens) but the context is {max_model_len}; shorten the "
                     "example, lower fewshot.k or max_tokens in the search space, or raise "
                     "--max-model-len")
-
-
-def check_config_fits(task: Any, config: Any, examples: list[dict[str, Any]],
-                      fewshot: list[dict[str, Any]], *, tokenizer: Any, max_model_len: int,
-                      where: str) -> None:
-    """Every prompt of one configuration (its own demos per example) must fit the context
-    with room for ``max_tokens``: ``eval``'s check, made before any engine starts."""
-    from promptsearch.pipelines.prompting.prompts import render_requests
-
-    counts = count_tokens(tokenizer, render_requests(task, config, examples, fewshot))
-    worst = max(range(len(examples)), key=counts.__getitem__)
-    max_tokens = config.sampling.max_tokens
-    if counts[worst] + max_tokens > max_model_len:
-        raise UserError(
-            f"{where}: example {task.example_id(examples[worst])} needs "
-            f"{counts[worst] + max_tokens} tokens ({counts[worst]} prompt + {max_tokens} "
-            f"max_tokens) with template {config.template!r} but the context is "
-            f"{max_model_len}; shorten the example, lower fewshot.k or max_tokens, or raise "
-            "--max-model-len")
 
 
 def _longest_first(task: Any, pool: list[dict[str, Any]]) -> list[dict[str, Any]]:

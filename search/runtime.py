@@ -1,16 +1,19 @@
-"""Entry-point plumbing shared by the commands: Ray start-up, the engine pool, options."""
+"""Entry-point plumbing shared by the commands: Ray start-up, the engine pool, options, the
+model's tokenizer checked before any engine starts."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from promptsearch.pipelines.engine.models import DEFAULT_MODEL
+from promptsearch.pipelines.errors import UserError
 
 log = logging.getLogger("promptsearch")
 
@@ -22,6 +25,9 @@ def init_ray(*, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A search holds a process per trial beside the engines (trials wait, they take no CPU):
+    # Ray's raylet warns on the terminal from 4x this many (default: the CPU count) onwards.
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "32")
     # Ray enables token auth for a local cluster and says so at every start; keep it on, quietly.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
@@ -48,6 +54,18 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What ``engine_options`` reads: the model and the engines to run it on."""
+
+    model: str = DEFAULT_MODEL
+    engines: int | None = None
+    """Engine actors; None: as many as the cluster holds."""
+    cpus_per_engine: int = 1
+    tensor_parallel_size: int = 1
+    max_model_len: int = 4096
 
 
 _shared_pool: Any = None
@@ -89,3 +107,25 @@ def engine_pool(model: str, engines: int | None, cpus_per_engine: int, tensor_pa
         yield pool
     finally:
         pool.shutdown()
+
+
+def load_tokenizer(model: str) -> Any:
+    """``--model``'s tokenizer on the driver, to check it and size prompts before any engine
+    starts (the pool reuses it: same resolved path, same process cache)."""
+    from promptsearch.pipelines.engine.models import resolve_model
+    from promptsearch.pipelines.engine.tokenizer import prompt_tokenizer
+    from promptsearch.pipelines.errors import one_line
+
+    resolved = resolve_model(model)
+    try:
+        return prompt_tokenizer(resolved)
+    except Exception as exc:
+        raise UserError(f"--model {model}: cannot load its tokenizer ({one_line(exc)}); point "
+                        "it at a Hugging Face model directory with tokenizer files") from None
+
+
+def count_tokens(tokenizer: Any, requests: Sequence[Any]) -> list[int]:
+    """Prompt tokens as the engine will see them."""
+    from promptsearch.pipelines.engine.pool import prompt_token_ids
+
+    return [len(ids) for ids in prompt_token_ids(tokenizer, requests)]

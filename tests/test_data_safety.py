@@ -39,6 +39,7 @@ A_RUNS_FILES = [
     "predictions/validation.jsonl", "predictions/test.parquet", "predictions/test.jsonl",
     "predictions/baseline/test.jsonl", "predictions/baseline/test.parquet",
     "tune/evaluator-inputs.pkl", "tune/search/trial_1/result.json", ".summary.json.ab12.tmp",
+    "library.log",
 ]
 USERS_FILES = {"notes.txt": "mine", "predictions/mine.jsonl": '{"id": 1}\n',
                "tune-notes/plan.md": "# plan", "data/extra.csv": "a,b\n", ".draft.tmp": "mine"}
@@ -81,10 +82,11 @@ def test_force_removes_only_the_files_a_run_wrote(tmp_path: Path) -> None:
     for name, text in USERS_FILES.items():
         assert (out / name).read_text(encoding="utf-8") == text
     left = {p for p, content in _tree(out).items() if content is not None}
-    # this run wrote its inputs (run.yaml, space.yaml, fewshot.jsonl) before it stopped;
-    # nothing of the old run is left
-    assert left == {*USERS_FILES, "run.yaml", "space.yaml", "fewshot.jsonl"}
+    # this run wrote its inputs (run.yaml, space.yaml, fewshot.jsonl) before it stopped, and a
+    # library.log only if a library logged something; nothing of the old run is left
+    assert left - {"library.log"} == {*USERS_FILES, "run.yaml", "space.yaml", "fewshot.jsonl"}
     assert b"old" not in (out / "run.yaml").read_bytes()
+    assert not (out / "library.log").exists() or b"old" not in (out / "library.log").read_bytes()
     said = [line for line in result.stderr.splitlines() if line.startswith("--force: ")]
     assert len(said) == 1, result.stderr
     assert f"removed the previous run in {out}" in said[0]

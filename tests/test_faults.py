@@ -138,16 +138,33 @@ def test_engine_killed_mid_search_is_restarted_and_nothing_changes(tmp_path: Pat
     assert not (engine_core_pids() - before), "an engine process outlived the run"
 
 
+def _rung_decided() -> Callable[[str], bool]:
+    """Every trial has reported chunk 1: the rung is decided at once, the pruned trials stop
+    and the survivors, each with a checkpoint at chunk 1, are generating chunk 2. Killing one
+    of them then tests the restore; killing at the first report could hit a trial that the
+    rung is about to stop (all four report within milliseconds: one batch)."""
+    seen = []
+
+    def when(line: str) -> bool:
+        seen.extend([line] if _first_report(line) else [])
+        if len(seen) < int(ARGS[ARGS.index("--trials") + 1]):
+            return False
+        time.sleep(0.3)  # the stopped trials leave ``train``
+        return True
+
+    return when
+
+
 def test_a_killed_trial_is_retried_from_its_last_chunk(tmp_path: Path) -> None:
     # ``ImplicitFunc.train``: a trial process waiting for its chunks
-    proc, _ = _run_and_kill(tmp_path / "run", _first_report, "ImplicitFunc.train")
+    proc, _ = _run_and_kill(tmp_path / "run", _rung_decided(), "ImplicitFunc.train")
     _finish(proc)
     _same_result(tmp_path / "run", _replay(tmp_path / "run"))
     assert sum(t["failures"] for t in _trials(tmp_path / "run")) == 1
 
 
 def test_a_trial_that_keeps_failing_is_recorded_as_failed_never_as_zero(tmp_path: Path) -> None:
-    proc, _ = _run_and_kill(tmp_path / "run", _first_report, "ImplicitFunc.train",
+    proc, _ = _run_and_kill(tmp_path / "run", _rung_decided(), "ImplicitFunc.train",
                             "--trial-retries", "0")
     _finish(proc)
     trials = _trials(tmp_path / "run")

@@ -23,7 +23,7 @@ from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.errors import UserError
 from promptsearch.pipelines.ifeval import content
 from promptsearch.pipelines.ifeval import format as fmt
-from promptsearch.search import cli
+from promptsearch.search import cli, runtime
 
 # -- YAML aliases ---------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def _generate_with_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     def fake_engine_pool(**_: Any) -> Any:
         yield FakePool()
 
-    monkeypatch.setattr(cli, "engine_pool", fake_engine_pool)
+    monkeypatch.setattr(runtime, "engine_pool", fake_engine_pool)
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "こんにちは"}) + "\n")
     args = ["generate", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out")]
     for stop in stops:
@@ -203,7 +203,8 @@ def test_nan_from_json_and_a_string_are_refused() -> None:
 
 
 def test_cli_refuses_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "engine_pool", lambda **_: pytest.fail("no engine for bad input"))
+    monkeypatch.setattr(runtime, "engine_pool",
+                        lambda **_: pytest.fail("no engine for bad input"))
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
     result = CliRunner().invoke(cli.main, ["generate", str(tmp_path / "in.jsonl"),
                                            "--temperature", "nan"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ def _check_run(run_dir: Path, task: str, trials: int) -> dict:
                  "predictions/test.jsonl"):
         assert (run_dir / name).exists(), name
     assert (run_dir / "tune/search").is_dir()
+    # Nothing outside the list of what a run writes (what --force may delete).
+    from promptsearch.search.run import RUN_DIRS, RUN_FILES
+
+    written = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+    assert {f for f in written if f.split("/")[0] not in RUN_DIRS} <= set(RUN_FILES), written
     summary = json.loads((run_dir / "summary.json").read_text())
     metric = summary["metric"]
     # The run keeps the demos it drew from: every one carries an answer (what serve reads).
@@ -121,6 +127,24 @@ def test_small_search_end_to_end(tmp_path: Path, task: str) -> None:
     assert f"test predictions: {run_dir}/predictions/test.parquet" in result.stdout
     assert summary["cache"]["hits"] > 0  # the final validation run re-uses the search's rows
     _check_final_lines(result.stdout, summary)
+    _check_library_log(run_dir, result.stdout + result.stderr)
+
+
+def _check_library_log(run_dir: Path, terminal: str) -> list[str]:
+    """Tune's and Optuna's log lines are in the run's library.log, and not on the terminal
+    (without -v the terminal shows promptsearch's own lines only)."""
+    lines = (run_dir / "library.log").read_text(encoding="utf-8").splitlines()
+    records = [m for m in map(_LOG_LINE.match, lines) if m]
+    assert {m["logger"].split(".")[0] for m in records} >= {"ray", "optuna"}, lines
+    assert any(m["logger"].startswith("ray.tune.") for m in records), lines
+    assert any("A new study created" in m["message"] for m in records), lines  # Optuna, INFO
+    for record in records:
+        assert record["message"] not in terminal, record.group(0)
+    return lines
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): "
+                       r"(?P<message>.+)$")
 
 
 def _trial_params(run_dir: Path) -> list[dict]:
@@ -152,6 +176,10 @@ def test_same_seed_same_trials_and_resume_after_a_killed_driver(tmp_path: Path) 
     resumed = run_cli("run", "--resume", str(second))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = _check_run(second, "qa", trials=6)
+    # The killed driver's process started Ray and the study; the resume appended its own.
+    lines = _check_library_log(second, resumed.stdout + resumed.stderr)
+    assert any("Started a local Ray instance" in line for line in lines), lines
+    assert sum("A new study created" in line for line in lines) == 2, lines
     assert _trial_params(second) == _trial_params(first)
     assert (second / "best.yaml").read_text() == (first / "best.yaml").read_text()
     for split in ("validation", "test"):

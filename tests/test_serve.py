@@ -1,8 +1,9 @@
 """`promptsearch serve` on a finished run: real Ray Serve over real HTTP.
 
 The run is made in-process; each server is a process of its own (its own Ray instance and
-engine), stopped with Ctrl-C as a user would. The checks of the command line that refuse to
-serve come first and start no engine."""
+engine), stopped with Ctrl-C as a user would. The run and its servers share a generation cache
+of their own. The checks of the command line that refuse to serve come first and start no
+engine."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +27,8 @@ import pytest
 import requests
 
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
+from promptsearch.pipelines.engine.cache import DB_NAME
+from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
 from tests.conftest import REPO, engine_core_pids, run_cli
 from tests.sshd import free_ports
 
@@ -54,16 +59,22 @@ def test_no_auth_on_a_public_host_is_a_decision_the_user_may_make(tmp_path: Path
     assert "no run.yaml" in result.stderr, result.stderr  # past the auth checks
 
 
+def _cache(run_dir: Path) -> Path:
+    """The generation cache of the module's run and servers (its models: the usual ones)."""
+    return run_dir.parent / "cache"
+
+
 class Server:
     def __init__(self, run_dir: Path, *extra: str) -> None:
         self.engines_before: set[int] = set()  # engine cores before this server started
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promptsearch.search", "serve", str(run_dir), "--port",
              str(self.port), "--engines", "1", *extra], cwd=REPO, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+            env={**env, CACHE_ENV: str(_cache(run_dir))})
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stderr.read()[-3000:]
@@ -86,7 +97,10 @@ class Server:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) search with the chat model, so the OpenAI chat endpoint works too."""
     run_dir = tmp_path_factory.mktemp("served") / "run"
-    result = run_cli("run", *RUN_ARGS, "--out", str(run_dir))
+    _cache(run_dir).mkdir()
+    (_cache(run_dir) / "models").symlink_to(cache_dir() / "models")
+    result = run_cli("run", *RUN_ARGS, "--out", str(run_dir),
+                     env={CACHE_ENV: str(_cache(run_dir))})
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -138,6 +152,37 @@ def test_single_and_batch_answers_equal_the_runs_test_outputs(server: Server,
     assert batch.status_code == 200, batch.text
     assert [r["output"] for r in batch.json()["results"]] == [r["output"] for r in rows]
     assert [r["id"] for r in batch.json()["results"]] == [r["id"] for r in rows]
+
+
+@pytest.mark.engine
+def test_a_row_the_run_answered_comes_from_the_generation_cache(server: Server,
+                                                                finished_run: Path) -> None:
+    """Serve's engines sit behind the run's generation cache: swap the cached generation of
+    a test row for another text and the server answers with that text, without generating."""
+    row = _test_rows(finished_run)[0]
+    body = {"id": row["id"], "context": row["context"], "question": row["question"]}
+    database = sqlite3.connect(_cache(finished_run) / "generations" / DB_NAME, timeout=60)
+    entries: list[tuple[str, bytes]] = []
+    try:
+        entries = [(key, record) for key, record in
+                   database.execute("SELECT key, record FROM generations")
+                   if json.loads(record)["text"] == row["raw_output"]
+                   and json.loads(record)["prompt_tokens"] == row["prompt_tokens"]]
+        assert entries, "the run's generation of the row is not in the cache"
+        swapped = f"キャッシュ {uuid.uuid4().hex}"
+        with database:
+            database.executemany("UPDATE generations SET record = ? WHERE key = ?", [
+                (json.dumps({**json.loads(record), "text": swapped}), key)
+                for key, record in entries])
+        answer = _post(server, "/v1/qa", body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["raw_output"] == swapped, answer.json()
+    finally:
+        with database:
+            database.executemany("UPDATE generations SET record = ? WHERE key = ?",
+                                 [(record, key) for key, record in entries])
+        database.close()
+    assert _post(server, "/v1/qa", body).json()["raw_output"] == row["raw_output"]
 
 
 @pytest.mark.engine
@@ -327,11 +372,12 @@ def test_load_above_capacity_gets_clean_503s_and_stays_healthy(small_server: Ser
 def test_an_engine_that_does_not_answer_times_out_with_504(small_server: Server,
                                                            finished_run: Path) -> None:
     _, bodies = task_bodies(finished_run)
+    new = {**bodies[0], "question": f"{bodies[0]['question']} {uuid.uuid4().hex}"}  # not cached
     core = _engine_core(small_server)
     core.suspend()  # alive but silent: the health check still passes, the request cannot
     try:
         start = time.monotonic()
-        answer = _post(small_server, "/v1/qa", bodies[0], token=None)
+        answer = _post(small_server, "/v1/qa", new, token=None)
         waited = time.monotonic() - start
     finally:
         core.resume()

@@ -9,7 +9,8 @@ the two ``rename`` calls themselves (microseconds, no data written between them)
 exactly there leaves the new first file beside the old second one.
 
 Output guards (``refuse_overwrite``) live here too: no command may overwrite one of its own
-input files, or an existing output unless the user asked for it.
+input files, or an existing output unless the user asked for it; and ``output_errors``, which
+turns a failed write into one line saying how to continue.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptsearch.pipelines.errors import UserError
+from promptsearch.pipelines.errors import UserError, one_line
 
 TABLE_SUFFIXES = (".parquet", ".jsonl")
 
@@ -208,3 +209,19 @@ def refuse_overwrite(outputs: Iterable[Path], *, inputs: Iterable[Path], option:
             raise UserError(f"{option}: {output} already exists; choose another output path "
                             f"{hint}or pass --overwrite to replace it")
 
+
+
+@contextlib.contextmanager
+def output_errors(where: Path, *, cached: bool) -> Iterator[None]:
+    """A failed write (a full disk) as one line saying how to continue: the generations are
+    in the cache (``cached``), so the same command writes them without generating them
+    again."""
+    try:
+        yield
+    except OSError as exc:
+        again = ("run the same command again: the finished generations come from the "
+                 "generation cache" if cached else "sampled generations without --seed are "
+                 "not cached and will be made again")
+        raise UserError(f"cannot write the outputs in {where} ({exc.strerror or one_line(exc)}"
+                        "); a file not "
+                        f"written keeps its old content; {again}") from None

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +24,7 @@ from promptsearch.pipelines.engine.models import (
 )
 from promptsearch.pipelines.engine.sampling import Sampling
 from promptsearch.pipelines.engine.telemetry import actor_name
+from promptsearch.pipelines.engine.tokenizer import prompt_tokenizer
 from promptsearch.pipelines.errors import UserError, last_line
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class EnginePool:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = _load_tokenizer(self._tokenizer_source())
+            self._tokenizer = prompt_tokenizer(self._tokenizer_source())
         return self._tokenizer
 
     def _tokenizer_source(self) -> str:
@@ -450,14 +450,6 @@ def prompt_token_ids(tokenizer: Any, requests: Sequence[Request]) -> list[list[i
             for i, row in zip(idx, rows, strict=True):
                 ids[i] = list(row)
     return ids
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tokenizer(model: str) -> Any:
-    """Once per process: a reused trial actor unpickles the pool for every trial."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model)
 
 
 def _per_request(sampling: Sampling | Sequence[Sampling] | None, n: int) -> list[Sampling]:
