@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pyarrow.parquet as pq
@@ -124,7 +125,9 @@ def _first_report(line: str) -> bool:
     return line.startswith("[") and " chunk 1/2 " in line
 
 
-def test_engine_killed_mid_search_is_restarted_and_nothing_changes(tmp_path: Path) -> None:
+def test_engine_killed_mid_search_is_restarted_and_nothing_changes(tmp_path: Path,
+                                                                   pool: Any) -> None:
+    # ``pool``: the session's engines, which the in-process replay uses, run before and after
     before = engine_core_pids()
     proc, killed = _run_and_kill(tmp_path / "run", _first_report, "EngineActor")
     _finish(proc)
