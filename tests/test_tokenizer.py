@@ -36,6 +36,11 @@ def test_prompt_tokenizer_matches_transformers(name: str) -> None:
     prompts = _prompts(chat=False) + (_prompts(chat=True) if theirs.chat_template else [])
     assert any(not isinstance(p, str) for p in prompts) == (theirs.chat_template is not None)
     assert prompt_token_ids(ours, prompts) == prompt_token_ids(theirs, prompts)
+    assert len(ours) == len(theirs)
+    for text in [p for p in prompts if isinstance(p, str)][:20]:
+        for special in (True, False):
+            assert ours(text, add_special_tokens=special).input_ids == \
+                theirs(text, add_special_tokens=special).input_ids
 
 
 def test_other_models_load_through_transformers(tmp_path) -> None:

@@ -26,13 +26,14 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 
 @dataclass
 class Encoded:
-    input_ids: list[list[int]]
+    input_ids: list[Any]
+    """One list of ids per text; the ids themselves for a single text."""
 
 
 class PromptTokenizer:
     """The part of a ``transformers`` tokenizer promptsearch uses, on ``tokenizers`` alone:
-    ``chat_template``, ``apply_chat_template(messages, tokenize=False, ...)`` and
-    ``tokenizer(texts, add_special_tokens=...).input_ids``."""
+    ``chat_template``, ``apply_chat_template(messages, tokenize=False, ...)``,
+    ``tokenizer(text or texts, add_special_tokens=...).input_ids`` and ``len``."""
 
     def __init__(self, directory: Path) -> None:
         from tokenizers import Tokenizer
@@ -59,10 +60,18 @@ class PromptTokenizer:
             add_generation_prompt=add_generation_prompt, **self.special_tokens_map)
         return rendered[0]
 
-    def __call__(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> Encoded:
+    def __call__(self, texts: str | Sequence[str], *,
+                 add_special_tokens: bool = True) -> Encoded:
+        if isinstance(texts, str):
+            return Encoded(self._tokenizer.encode(
+                texts, add_special_tokens=add_special_tokens).ids)
         encodings = self._tokenizer.encode_batch(list(texts),
                                                  add_special_tokens=add_special_tokens)
         return Encoded([e.ids for e in encodings])
+
+    def __len__(self) -> int:
+        """The vocabulary, added tokens included (what ``len(AutoTokenizer)`` gives)."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
 
 @functools.lru_cache(maxsize=4)
