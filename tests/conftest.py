@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,12 @@ SESSION_MAX_MODEL_LEN = 4096  # the CLI's default --max-model-len: every command
 # starts (another model, a subprocess, `make demo`) gets one, so that 24 GB machines stay
 # clear of Ray's memory monitor. Tests that need several engines in a subprocess pass --engines.
 os.environ.setdefault("PROMPTSEARCH_ENGINES", "1")
+
+# A shell starts background jobs with SIGINT ignored, and their children inherit that: the
+# tests that stop a command with Ctrl-C would wait for ever. Take SIGINT back, so the
+# commands this session starts get Python's KeyboardInterrupt as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Commands that may start Ray and engines (the others never touch Ray).
 _RAY_COMMANDS = {"run", "eval", "generate", "serve"}

@@ -113,11 +113,21 @@ def test_two_engines_give_the_same_greedy_outputs_as_one(pool) -> None:
 def assert_same_greedy(ours: list[str], theirs: list[str]) -> None:
     """Greedy outputs of one prompt set under two batch layouts. vLLM's CPU kernels are not
     batch-invariant (it has no CPU batch-invariant mode), so a row batched with other rows can
-    change a token now and then: at least three rows in four must be identical (rows mixed
-    up or generated wrong would share almost none)."""
+    change a token, and greedy decoding goes its own way from there (seen: 3 rows of 8 with 16
+    tokens). So: at least half the rows identical, and every row closest to its own
+    counterpart (the longest common prefix), which rows mixed up or generated from the wrong
+    prompt would not be."""
     assert len(ours) == len(theirs)
-    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
-    assert same >= 0.75 * len(ours), list(zip(ours, theirs, strict=True))
+    pairs = list(zip(ours, theirs, strict=True))
+    assert sum(a == b for a, b in pairs) >= 0.5 * len(ours), pairs
+    for i, mine in enumerate(ours):
+        shared = [_shared_prefix(mine, other) for other in theirs]
+        assert shared[i] == max(shared), (i, pairs[i], shared)
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False))
+                 if x != y), min(len(a), len(b)))
 
 
 @pytest.mark.engine

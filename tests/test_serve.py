@@ -29,7 +29,7 @@ import requests
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from promptsearch.pipelines.engine.cache import DB_NAME
 from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
-from tests.conftest import REPO, engine_core_pids, run_cli
+from tests.conftest import REPO, run_cli
 from tests.sshd import free_ports
 
 TOKEN = "test-token"
@@ -66,7 +66,6 @@ def _cache(run_dir: Path) -> Path:
 
 class Server:
     def __init__(self, run_dir: Path, *extra: str) -> None:
-        self.engines_before: set[int] = set()  # engine cores before this server started
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -120,15 +119,40 @@ def _post(server: Server, path: str, body: object, token: str | None = TOKEN,
                             headers=headers, timeout=300)
 
 
-def _engine_core(server: Server) -> psutil.Process:
-    """The vLLM engine process of the server's one engine (inside its engine actor)."""
-    cores = []
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+def _engine_core(server: Server, wait: float = 120) -> psutil.Process:
+    """The vLLM engine process of the server's one engine (inside its engine actor). Waits
+    while there is none: an engine Ray is restarting (after a kill, or its memory monitor) has
+    no engine process until its actor starts a new one."""
+    deadline = time.monotonic() + wait
+    while True:
+        cores = []
+        for proc in psutil.Process(server.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "EngineCore" in " ".join(proc.cmdline()):
+                    cores.append(proc)
+        if len(cores) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert len(cores) == 1, (cores, _engine_cores_and_ancestors())
+    return cores[0]
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _engine_cores_and_ancestors() -> list[list[str]]:
+    """Every EngineCore on the machine with its parents (what a failed search above shows)."""
+    found = []
+    for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if "EngineCore" in " ".join(proc.cmdline()):
-                cores.append(proc)
-    assert len(cores) == 1, cores
-    return cores[0]
+                found.append([f"{p.pid} {' '.join(p.cmdline())[:60]}"
+                              for p in [proc, *proc.parents()]])
+    return found
 
 
 _INTERNALS = re.compile(r"\d+\.\d+\.\d+\.\d+|pid=|Ray|Actor|Traceback|File \"")
@@ -335,11 +359,9 @@ def small_server(finished_run: Path, server: Server) -> Iterator[Server]:
     # The load tests come last: stop the main server first, since two servers and the test
     # session's engines do not fit in 24 GB together.
     server.stop()
-    before = engine_core_pids()
     srv = Server(finished_run, "--max-ongoing-requests", str(ONGOING),
                  "--max-queued-requests", str(QUEUED), "--retry-after", "1.5",
                  "--engine-timeout", str(ENGINE_TIMEOUT))
-    srv.engines_before = before
     yield srv
     srv.stop()
 
@@ -390,13 +412,14 @@ def test_an_engine_that_does_not_answer_times_out_with_504(small_server: Server,
 @pytest.mark.engine
 def test_auth_off_and_shutdown_leaves_nothing_running(small_server: Server) -> None:
     """Runs last (it stops the server): the small server has no --auth-token."""
-    assert engine_core_pids() - small_server.engines_before  # the server's own engine
+    core = _engine_core(small_server)
+    engine = [core, core.parent(), *core.children(recursive=True)]  # vLLM's, and its actor
     answer = _post(small_server, "/v1/qa",
                    {"context": "東京は日本の首都です。", "question": "日本の首都は？"}, token=None)
     assert answer.status_code == 200 and answer.json()["output"] is not None
     assert small_server.stop() == 130  # Ctrl-C
     time.sleep(3)
-    assert not (engine_core_pids() - small_server.engines_before)
+    assert not [p for p in engine if _running(p)], engine
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{small_server.url}/healthz", timeout=2)
 
