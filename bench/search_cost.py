@@ -75,6 +75,7 @@ def main() -> None:
     from promptsearch.pipelines.prompting.prompts import demo_pool
     from promptsearch.pipelines.tasks import load_task
     from promptsearch.search.driver import PromptSearch
+    from promptsearch.search.runtime import quiet_ray_start
     from promptsearch.search.space import SearchSpace
 
     work = Path(tempfile.mkdtemp(prefix="search-cost-"))
@@ -84,6 +85,7 @@ def main() -> None:
     space = SearchSpace.load(task, work / "space.yaml")
     fewshot = demo_pool(task, data.fewshot)
     candidates = sample_candidates(task, space, args.candidates, args.seed)
+    quiet_ray_start()
     ray.init(num_cpus=2 if args.engines is None else None, include_dashboard=False,
              log_to_driver=False)
     out: dict[str, Any] = {"validation": len(data.validation), "chunks": args.chunks,

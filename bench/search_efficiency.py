@@ -122,8 +122,10 @@ def main() -> None:
     import ray
 
     from promptsearch.pipelines.engine.pool import EnginePool
+    from promptsearch.search.runtime import quiet_ray_start
 
     work = Path(tempfile.mkdtemp(prefix="efficiency-"))
+    quiet_ray_start()
     ray.init(num_cpus=2 if args.engines is None else None, include_dashboard=False,
              log_to_driver=False)
     rows = []

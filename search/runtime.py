@@ -24,6 +24,14 @@ def init_ray(*, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    quiet_ray_start()
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING)
+
+
+def quiet_ray_start() -> None:
+    """What keeps a local Ray start's warnings off the terminal; for whatever calls
+    ``ray.init`` itself (the benchmarks) too."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # A search holds a process per trial beside the engines (trials wait, they take no CPU):
     # Ray's raylet warns on the terminal from 4x this many (default: the CPU count) onwards.
@@ -31,8 +39,6 @@ def init_ray(*, verbose: bool = False) -> None:
     # Ray enables token auth for a local cluster and says so at every start; keep it on, quietly.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.WARNING)
 
 
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
