@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,10 +212,27 @@ def run_cli_subprocess(*args: str, cwd: Path | None = None, timeout: float = 900
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def engine_cores(root: int | None = None) -> list[psutil.Process]:
+    """vLLM engine core processes (they outlive a sloppy shutdown): on the machine, or under
+    process ``root``. Found by their place, a child of an engine actor (Ray titles it
+    ``ray::EngineActor...``), not by their own title: vLLM titles them ``VLLM::EngineCore``,
+    but setproctitle cannot find a spawned process's argv once something has grown its
+    environment, and then they keep multiprocessing's command line (seen in CI)."""
+    procs = psutil.Process(root).children(recursive=True) if root else psutil.process_iter()
+    cores = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(proc.cmdline())
+            parent = proc.parent()
+            parent_title = " ".join(parent.cmdline()) if parent else ""
+            if "EngineCore" in title or (parent_title.startswith("ray::EngineActor")
+                                         and "multiprocessing.spawn" in title):
+                cores.append(proc)
+    return cores
+
+
 def engine_core_pids() -> set[int]:
-    """Processes that are vLLM engine cores (they outlive a sloppy shutdown)."""
-    out = subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
+    return {proc.pid for proc in engine_cores()}
 
 
 _SESSION_START = time.monotonic()

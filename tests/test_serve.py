@@ -7,7 +7,6 @@ engine."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import requests
 from bench.serve_load import RUN_ARGS, run_step, task_bodies
 from promptsearch.pipelines.engine.cache import DB_NAME
 from promptsearch.pipelines.engine.models import CACHE_ENV, cache_dir
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, engine_cores, run_cli
 from tests.sshd import free_ports
 
 TOKEN = "test-token"
@@ -125,11 +124,7 @@ def _engine_core(server: Server, wait: float = 120) -> psutil.Process:
     no engine process until its actor starts a new one."""
     deadline = time.monotonic() + wait
     while True:
-        cores = []
-        for proc in psutil.Process(server.proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "EngineCore" in " ".join(proc.cmdline()):
-                    cores.append(proc)
+        cores = engine_cores(server.proc.pid)
         if len(cores) == 1 or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -145,14 +140,9 @@ def _running(proc: psutil.Process) -> bool:
 
 
 def _engine_cores_and_ancestors() -> list[list[str]]:
-    """Every EngineCore on the machine with its parents (what a failed search above shows)."""
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if "EngineCore" in " ".join(proc.cmdline()):
-                found.append([f"{p.pid} {' '.join(p.cmdline())[:60]}"
-                              for p in [proc, *proc.parents()]])
-    return found
+    """Every engine core on the machine with its parents (what a failed search above shows)."""
+    return [[f"{p.pid} {' '.join(p.cmdline())[:60]}" for p in [proc, *proc.parents()]]
+            for proc in engine_cores()]
 
 
 _INTERNALS = re.compile(r"\d+\.\d+\.\d+\.\d+|pid=|Ray|Actor|Traceback|File \"")
